@@ -1,0 +1,72 @@
+# infergate — the two commands a newcomer runs are `make run` and `make test`.
+# Everything they need (ONNX Runtime, a Python venv for interop tests) is installed
+# into git-ignored folders of this repository; nothing outside it is touched.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ORT_VERSION   := 1.31.1
+ORT_DIR       := .ort
+ORT_LIB       := $(ORT_DIR)/libonnxruntime.so.$(ORT_VERSION)
+VENV          := .venv
+VENV_PY       := $(VENV)/bin/python
+PYTHON        ?= python3
+CARGO         ?= cargo
+MODEL_REPO    ?= models/repository
+HTTP_ADDR     ?= 0.0.0.0:8000
+GRPC_ADDR     ?= 0.0.0.0:8001
+ADMIN_ADDR    ?= 127.0.0.1:8002
+
+export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
+
+.PHONY: help run test build ort venv models fmt lint unit-test interop-test clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
+
+run: ort build ## install what is missing, build (release), serve the demo model repository
+	./target/release/infergate serve --model-repository $(MODEL_REPO) \
+		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR)
+
+test: ort venv lint unit-test interop-test ## fmt + clippy + every test (Rust and tritonclient interop)
+
+build: ## release build of the server binary
+	$(CARGO) build --release --locked -p infergate-server --bin infergate
+
+ort: $(ORT_LIB) ## install the ONNX Runtime shared library into .ort/ (from the PyPI wheel, no Python env touched)
+
+$(ORT_LIB):
+	@mkdir -p $(ORT_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: -d $(ORT_DIR)/wheel onnxruntime==$(ORT_VERSION)
+	cd $(ORT_DIR) && $(PYTHON) -m zipfile -e wheel/onnxruntime-$(ORT_VERSION)-*.whl unpacked
+	cp $(ORT_DIR)/unpacked/onnxruntime/capi/libonnxruntime.so.$(ORT_VERSION) $(ORT_DIR)/
+	rm -rf $(ORT_DIR)/unpacked $(ORT_DIR)/wheel
+	@echo "ONNX Runtime $(ORT_VERSION) installed at $(ORT_LIB)"
+
+venv: $(VENV)/.done ## Python venv for model recipes and tritonclient interop tests
+
+$(VENV)/.done: requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV_PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+models: venv ## regenerate the committed demo/test ONNX models from their recipe
+	$(VENV_PY) models/recipes/make_models.py models/repository
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+lint: ## rustfmt and clippy, warnings are errors
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+unit-test: ort ## every Rust test (unit, integration, golden numerics)
+	$(CARGO) test --locked --workspace --all-targets
+
+interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, HTTP aio, gRPC)
+	$(CARGO) build --locked -p infergate-server --bin infergate
+	$(VENV_PY) -m pytest -q tests/interop
+
+clean: ## remove build outputs and installed tools
+	$(CARGO) clean
+	rm -rf $(ORT_DIR) $(VENV)

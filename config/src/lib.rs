@@ -1,0 +1,173 @@
+//! Typed configuration: the server's TOML file layered with `INFERGATE_…` environment
+//! overrides and CLI flags, and the per-model `config.toml` of a model repository.
+
+mod layered;
+mod model;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use layered::{ENV_PREFIX, Overrides};
+pub use model::{ModelConfig, VersionPolicy};
+
+/// Everything wrong with a configuration, reported together.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax or type errors.
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    /// Semantic problems, all of them at once.
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+/// The whole server configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and request limits.
+    pub server: ServerConfig,
+    /// Where models come from.
+    pub models: ModelsConfig,
+    /// Execution defaults (per-model `config.toml` overrides them).
+    pub runtime: RuntimeConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Listener addresses and request-level limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// KServe V2 HTTP/REST listener.
+    pub http_addr: SocketAddr,
+    /// KServe V2 gRPC listener.
+    pub grpc_addr: SocketAddr,
+    /// Admin listener: `/metrics` and the management API.
+    pub admin_addr: SocketAddr,
+    /// Largest accepted request body (after decompression), in bytes. Larger: 413.
+    pub max_body_bytes: usize,
+    /// Serve RepositoryModelLoad/Unload on the public gRPC port (otherwise PERMISSION_DENIED).
+    pub grpc_repository_control: bool,
+    /// How long graceful shutdown waits for in-flight requests, in milliseconds.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 8001)),
+            admin_addr: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            max_body_bytes: 64 * 1024 * 1024,
+            grpc_repository_control: false,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Model sources.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// A Triton-layout repository: `<dir>/<model>/<version>/model.onnx`.
+    pub repository: Option<PathBuf>,
+}
+
+/// Execution defaults for every model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Path to `libonnxruntime.so`; first in the discovery order.
+    pub ort_dylib_path: Option<PathBuf>,
+    /// Worker threads (each with its own session) per model version.
+    pub instances: usize,
+    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime decide.
+    pub intra_op_threads: usize,
+    /// Capacity of each model version's request channel; a full channel answers 503.
+    pub queue_capacity: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            ort_dylib_path: None,
+            instances: 1,
+            intra_op_threads: 0,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `infergate_server=debug`.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the file (if any), applies `INFERGATE_…` variables from `env`, then CLI overrides,
+    /// and validates. `env` is passed in because domain crates never read the environment.
+    pub fn load<I>(file: Option<&std::path::Path>, env: I, cli: &Overrides) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let config: Config = layered::load(file, env, cli)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks semantic rules and reports every violation together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.server.max_body_bytes == 0 {
+            errors.push("server.max_body_bytes must be greater than 0".to_string());
+        }
+        if self.runtime.instances == 0 {
+            errors.push("runtime.instances must be at least 1".to_string());
+        }
+        if self.runtime.queue_capacity == 0 {
+            errors.push("runtime.queue_capacity must be at least 1".to_string());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            errors.push(format!("log.format must be \"text\" or \"json\", not {:?}", self.log.format));
+        }
+        let addrs = [
+            ("server.http_addr", self.server.http_addr),
+            ("server.grpc_addr", self.server.grpc_addr),
+            ("server.admin_addr", self.server.admin_addr),
+        ];
+        for (i, (a, addr_a)) in addrs.iter().enumerate() {
+            for (b, addr_b) in &addrs[i + 1..] {
+                if addr_a == addr_b && addr_a.port() != 0 {
+                    errors.push(format!("{a} and {b} are both {addr_a}"));
+                }
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+}
+
+#[cfg(test)]
+mod tests;

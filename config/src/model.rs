@@ -1,0 +1,84 @@
+//! The per-model `config.toml` that sits beside the version folders of a model repository.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+
+/// Settings for one model (all versions). Absent keys fall back to the server's runtime defaults.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Largest batch (first dimension) a request may carry; 0 means the model has no batch dimension.
+    pub max_batch_size: u32,
+    /// Worker threads (sessions) per version; overrides `runtime.instances`.
+    pub instances: Option<usize>,
+    /// Intra-op threads per session; overrides `runtime.intra_op_threads`.
+    pub intra_op_threads: Option<usize>,
+    /// Which versions of the repository folder are served.
+    pub version_policy: VersionPolicy,
+}
+
+/// Triton's version policy: the newest N versions, all of them, or a fixed list.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicy {
+    /// The `n` highest version numbers.
+    Latest(u32),
+    /// Every version folder.
+    All,
+    /// Exactly these versions.
+    Specific(Vec<u64>),
+}
+
+impl Default for VersionPolicy {
+    fn default() -> Self {
+        Self::Latest(1)
+    }
+}
+
+impl VersionPolicy {
+    /// Picks the served versions from those present (any order in, ascending out).
+    pub fn select(&self, available: &[u64]) -> Vec<u64> {
+        let mut sorted = available.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        match self {
+            Self::All => sorted,
+            Self::Latest(n) => {
+                let skip = sorted.len().saturating_sub(*n as usize);
+                sorted.split_off(skip)
+            }
+            Self::Specific(wanted) => sorted.into_iter().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// Reads `path`, or the defaults when it does not exist.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            origin: path.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+        let mut errors = Vec::new();
+        if config.instances == Some(0) {
+            errors.push(format!("{}: instances must be at least 1", path.display()));
+        }
+        if config.version_policy == VersionPolicy::Latest(0) {
+            errors.push(format!("{}: version_policy latest must be at least 1", path.display()));
+        }
+        if errors.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(errors)) }
+    }
+}

@@ -1,0 +1,96 @@
+use std::io::Write;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn empty_config_gives_documented_defaults() {
+    let config = Config::load(None, env(&[]), &Overrides::new()).unwrap();
+    assert_eq!(config.server.http_addr.port(), 8000);
+    assert_eq!(config.server.grpc_addr.port(), 8001);
+    assert_eq!(config.server.admin_addr.port(), 8002);
+    assert_eq!(config.runtime.instances, 1);
+    assert!(!config.server.grpc_repository_control);
+}
+
+#[test]
+fn file_then_env_then_cli() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "[server]\nhttp_addr = \"127.0.0.1:9000\"\ngrpc_addr = \"127.0.0.1:9001\"\nmax_body_bytes = 100\n[runtime]\ninstances = 3"
+    )
+    .unwrap();
+    let vars = env(&[
+        ("INFERGATE_SERVER__GRPC_ADDR", "127.0.0.1:7001"),
+        ("INFERGATE_RUNTIME__INSTANCES", "4"),
+        ("UNRELATED", "x"),
+    ]);
+    let mut cli = Overrides::new();
+    cli.set("runtime.instances", Some(5));
+    let config = Config::load(Some(file.path()), vars, &cli).unwrap();
+    assert_eq!(config.server.http_addr.to_string(), "127.0.0.1:9000");
+    assert_eq!(config.server.grpc_addr.to_string(), "127.0.0.1:7001");
+    assert_eq!(config.server.max_body_bytes, 100);
+    assert_eq!(config.runtime.instances, 5);
+}
+
+#[test]
+fn unknown_keys_are_rejected_with_their_name() {
+    let err = Config::load(None, env(&[("INFERGATE_SERVER__HTTP_PORT", "1")]), &Overrides::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("http_port"), "{err}");
+}
+
+#[test]
+fn all_semantic_errors_are_reported_together() {
+    let vars = env(&[
+        ("INFERGATE_RUNTIME__INSTANCES", "0"),
+        ("INFERGATE_RUNTIME__QUEUE_CAPACITY", "0"),
+        ("INFERGATE_LOG__FORMAT", "xml"),
+        ("INFERGATE_SERVER__HTTP_ADDR", "127.0.0.1:5000"),
+        ("INFERGATE_SERVER__GRPC_ADDR", "127.0.0.1:5000"),
+    ]);
+    let err = Config::load(None, vars, &Overrides::new()).unwrap_err().to_string();
+    for fragment in [
+        "runtime.instances",
+        "runtime.queue_capacity",
+        "log.format",
+        "server.http_addr and server.grpc_addr are both 127.0.0.1:5000",
+    ] {
+        assert!(err.contains(fragment), "missing {fragment:?} in {err}");
+    }
+}
+
+#[test]
+fn version_policy_selects_versions() {
+    let available = [3, 1, 2, 10];
+    assert_eq!(VersionPolicy::Latest(1).select(&available), vec![10]);
+    assert_eq!(VersionPolicy::Latest(2).select(&available), vec![3, 10]);
+    assert_eq!(VersionPolicy::All.select(&available), vec![1, 2, 3, 10]);
+    assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&available), vec![2]);
+}
+
+#[test]
+fn model_config_parses_every_policy_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    assert_eq!(ModelConfig::load(&path).unwrap(), ModelConfig::default());
+    for (text, policy) in [
+        ("version_policy = \"all\"", VersionPolicy::All),
+        ("version_policy = { latest = 2 }", VersionPolicy::Latest(2)),
+        ("version_policy = { specific = [1, 3] }", VersionPolicy::Specific(vec![1, 3])),
+    ] {
+        std::fs::write(&path, format!("max_batch_size = 8\n{text}\n")).unwrap();
+        let config = ModelConfig::load(&path).unwrap();
+        assert_eq!(config.version_policy, policy);
+        assert_eq!(config.max_batch_size, 8);
+    }
+    std::fs::write(&path, "max_batch = 8\n").unwrap();
+    let err = ModelConfig::load(&path).unwrap_err().to_string();
+    assert!(err.contains("max_batch"), "{err}");
+}

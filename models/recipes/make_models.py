@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Build the committed demo/test ONNX models in the Triton repository layout.
+
+Deterministic: the same onnx version and seeds give byte-identical files.
+Usage: make models   (or: python models/recipes/make_models.py models/repository)
+"""
+import os
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17
+IR_VERSION = 8
+
+
+def save(model, repo, name, version):
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    path = os.path.join(repo, name, str(version))
+    os.makedirs(path, exist_ok=True)
+    onnx.save_model(model, os.path.join(path, "model.onnx"))
+
+
+def iris_mlp(seed, hidden):
+    """A 4 -> hidden -> 3 MLP with softmax: input [-1, 4] FP32, output [-1, 3] FP32."""
+    rng = np.random.RandomState(seed)
+    w1 = rng.normal(0, 0.5, (4, hidden)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, (hidden,)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (hidden, 3)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, (3,)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["h2"]),
+        helper.make_node("MatMul", ["h2", "w2"], ["l0"]),
+        helper.make_node("Add", ["l0", "b2"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "iris_mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(b1, "b1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(b2, "b2"),
+        ],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def simple():
+    """Triton's classic example: OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1 (INT32 [-1, 16])."""
+    io = lambda n: helper.make_tensor_value_info(n, TensorProto.INT32, ["batch", 16])
+    graph = helper.make_graph(
+        [
+            helper.make_node("Add", ["INPUT0", "INPUT1"], ["OUTPUT0"]),
+            helper.make_node("Sub", ["INPUT0", "INPUT1"], ["OUTPUT1"]),
+        ],
+        "simple",
+        [io("INPUT0"), io("INPUT1")],
+        [io("OUTPUT0"), io("OUTPUT1")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+DTYPES = [
+    ("bool", TensorProto.BOOL),
+    ("uint8", TensorProto.UINT8),
+    ("uint16", TensorProto.UINT16),
+    ("uint32", TensorProto.UINT32),
+    ("uint64", TensorProto.UINT64),
+    ("int8", TensorProto.INT8),
+    ("int16", TensorProto.INT16),
+    ("int32", TensorProto.INT32),
+    ("int64", TensorProto.INT64),
+    ("fp16", TensorProto.FLOAT16),
+    ("bf16", TensorProto.BFLOAT16),
+    ("fp32", TensorProto.FLOAT),
+    ("fp64", TensorProto.DOUBLE),
+    ("bytes", TensorProto.STRING),
+]
+
+
+def identity_all():
+    """One Identity per V2 datatype: in_<t> [-1, -1] -> out_<t>."""
+    nodes, inputs, outputs = [], [], []
+    for name, ty in DTYPES:
+        nodes.append(helper.make_node("Identity", [f"in_{name}"], [f"out_{name}"]))
+        inputs.append(helper.make_tensor_value_info(f"in_{name}", ty, ["rows", "cols"]))
+        outputs.append(helper.make_tensor_value_info(f"out_{name}", ty, ["rows", "cols"]))
+    graph = helper.make_graph(nodes, "identity_all", inputs, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def main():
+    repo = sys.argv[1] if len(sys.argv) > 1 else "models/repository"
+    save(iris_mlp(seed=1, hidden=8), repo, "iris_mlp", 1)
+    save(iris_mlp(seed=2, hidden=16), repo, "iris_mlp", 2)
+    save(simple(), repo, "simple", 1)
+    save(identity_all(), repo, "identity_all", 1)
+    print(f"models written to {repo}")
+
+
+if __name__ == "__main__":
+    main()
