@@ -129,7 +129,11 @@ impl Default for LogConfig {
 impl Config {
     /// Loads the file (if any), applies `INFERGATE_…` variables from `env`, then CLI overrides,
     /// and validates. `env` is passed in because domain crates never read the environment.
-    pub fn load<I>(file: Option<&std::path::Path>, env: I, cli: &Overrides) -> Result<Self, ConfigError>
+    pub fn load<I>(
+        file: Option<&std::path::Path>,
+        env: I,
+        cli: &Overrides,
+    ) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (String, String)>,
     {
@@ -151,7 +155,10 @@ impl Config {
             errors.push("runtime.queue_capacity must be at least 1".to_string());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            errors.push(format!("log.format must be \"text\" or \"json\", not {:?}", self.log.format));
+            errors.push(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            ));
         }
         let addrs = [
             ("server.http_addr", self.server.http_addr),
@@ -165,7 +172,11 @@ impl Config {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 }
 

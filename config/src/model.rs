@@ -77,8 +77,15 @@ impl ModelConfig {
             errors.push(format!("{}: instances must be at least 1", path.display()));
         }
         if config.version_policy == VersionPolicy::Latest(0) {
-            errors.push(format!("{}: version_policy latest must be at least 1", path.display()));
+            errors.push(format!(
+                "{}: version_policy latest must be at least 1",
+                path.display()
+            ));
         }
-        if errors.is_empty() { Ok(config) } else { Err(ConfigError::Invalid(errors)) }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
     }
 }

@@ -3,7 +3,10 @@ use std::io::Write;
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -40,9 +43,13 @@ fn file_then_env_then_cli() {
 
 #[test]
 fn unknown_keys_are_rejected_with_their_name() {
-    let err = Config::load(None, env(&[("INFERGATE_SERVER__HTTP_PORT", "1")]), &Overrides::new())
-        .unwrap_err()
-        .to_string();
+    let err = Config::load(
+        None,
+        env(&[("INFERGATE_SERVER__HTTP_PORT", "1")]),
+        &Overrides::new(),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("http_port"), "{err}");
 }
 
@@ -55,7 +62,9 @@ fn all_semantic_errors_are_reported_together() {
         ("INFERGATE_SERVER__HTTP_ADDR", "127.0.0.1:5000"),
         ("INFERGATE_SERVER__GRPC_ADDR", "127.0.0.1:5000"),
     ]);
-    let err = Config::load(None, vars, &Overrides::new()).unwrap_err().to_string();
+    let err = Config::load(None, vars, &Overrides::new())
+        .unwrap_err()
+        .to_string();
     for fragment in [
         "runtime.instances",
         "runtime.queue_capacity",
@@ -72,7 +81,10 @@ fn version_policy_selects_versions() {
     assert_eq!(VersionPolicy::Latest(1).select(&available), vec![10]);
     assert_eq!(VersionPolicy::Latest(2).select(&available), vec![3, 10]);
     assert_eq!(VersionPolicy::All.select(&available), vec![1, 2, 3, 10]);
-    assert_eq!(VersionPolicy::Specific(vec![2, 7]).select(&available), vec![2]);
+    assert_eq!(
+        VersionPolicy::Specific(vec![2, 7]).select(&available),
+        vec![2]
+    );
 }
 
 #[test]
@@ -83,7 +95,10 @@ fn model_config_parses_every_policy_form() {
     for (text, policy) in [
         ("version_policy = \"all\"", VersionPolicy::All),
         ("version_policy = { latest = 2 }", VersionPolicy::Latest(2)),
-        ("version_policy = { specific = [1, 3] }", VersionPolicy::Specific(vec![1, 3])),
+        (
+            "version_policy = { specific = [1, 3] }",
+            VersionPolicy::Specific(vec![1, 3]),
+        ),
     ] {
         std::fs::write(&path, format!("max_batch_size = 8\n{text}\n")).unwrap();
         let config = ModelConfig::load(&path).unwrap();
