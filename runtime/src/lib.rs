@@ -33,6 +33,9 @@ pub enum RuntimeError {
     /// A tensor did not match its declared datatype/shape.
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// The backend found an input it cannot take (a client error).
+    #[error("{0}")]
+    InvalidInput(String),
     /// The model version's request channel is full.
     #[error("model '{0}' is overloaded: request queue is full")]
     QueueFull(String),

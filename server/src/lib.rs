@@ -1,1 +1,175 @@
+//! The infergate server: one tower stack behind a KServe V2 HTTP front end and a gRPC front
+//! end, plus the admin listener (metrics and the management API).
 
+mod admin;
+pub mod cli;
+pub mod core;
+pub mod error;
+mod grpc;
+mod http;
+pub mod layers;
+pub mod metrics;
+pub mod repository;
+pub mod stack;
+pub mod stats;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use infergate_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::repository::Repository;
+use crate::stack::Stack;
+
+/// What every front end shares: the stack, the repository, metrics, config and readiness.
+pub struct Gateway {
+    pub stack: Stack,
+    pub repository: Arc<Repository>,
+    pub metrics: Arc<Metrics>,
+    pub config: Config,
+    ready: watch::Sender<bool>,
+}
+
+impl Gateway {
+    pub fn new(config: Config, repository: Arc<Repository>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        Arc::new(Self {
+            stack: stack::build(Arc::clone(&repository), Arc::clone(&metrics)),
+            repository,
+            metrics,
+            config,
+            ready: watch::Sender::new(false),
+        })
+    }
+
+    /// Ready to serve inference (false before start and while shutting down).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    fn watch_ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+}
+
+/// The three bound listeners. Binding is the caller's job, so tests can use port 0.
+pub struct Listeners {
+    pub http: TcpListener,
+    pub grpc: TcpListener,
+    pub admin: TcpListener,
+}
+
+/// Where the listeners ended up.
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the configured addresses.
+    pub async fn bind(config: &infergate_config::ServerConfig) -> anyhow::Result<Self> {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot bind the {what} listener to {addr}"))
+        };
+        Ok(Self {
+            http: bind(config.http_addr, "http").await?,
+            grpc: bind(config.grpc_addr, "grpc").await?,
+            admin: bind(config.admin_addr, "admin").await?,
+        })
+    }
+
+    pub fn addrs(&self) -> std::io::Result<BoundAddrs> {
+        Ok(BoundAddrs {
+            http: self.http.local_addr()?,
+            grpc: self.grpc.local_addr()?,
+            admin: self.admin.local_addr()?,
+        })
+    }
+}
+
+/// Everything `run` needs.
+pub struct RunArgs {
+    pub config: Config,
+    pub repository: Arc<Repository>,
+    pub listeners: Listeners,
+    /// Cancel to shut down gracefully: stop accepting, answer what was accepted, return.
+    pub shutdown: CancellationToken,
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
+/// `server.drain_timeout_ms`).
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        config,
+        repository,
+        listeners,
+        shutdown,
+    } = args;
+    let addrs = listeners.addrs()?;
+    let drain = Duration::from_millis(config.server.drain_timeout_ms);
+    let gateway = Gateway::new(config, repository);
+    gateway
+        .metrics
+        .loaded_versions
+        .set(gateway.repository.all_versions().len() as i64);
+
+    let mut servers = tokio::task::JoinSet::new();
+    let stop = shutdown.clone();
+    let http = axum::serve(listeners.http, http::router(Arc::clone(&gateway)))
+        .with_graceful_shutdown(stop.cancelled_owned());
+    servers.spawn(async move { http.await.context("http listener failed") });
+    let stop = shutdown.clone();
+    let admin = axum::serve(listeners.admin, admin::router(Arc::clone(&gateway)))
+        .with_graceful_shutdown(stop.cancelled_owned());
+    servers.spawn(async move { admin.await.context("admin listener failed") });
+    let grpc = grpc::serve(Arc::clone(&gateway), listeners.grpc, shutdown.clone());
+    servers.spawn(async move { grpc.await.context("grpc listener failed") });
+
+    gateway.set_ready(true);
+    println!(
+        "infergate serving: http={} grpc={} admin={}",
+        addrs.http, addrs.grpc, addrs.admin
+    );
+    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, admin = %addrs.admin, "infergate serving");
+
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        Some(result) = servers.join_next() => {
+            shutdown.cancel();
+            result.context("listener task panicked")??;
+        }
+    }
+    gateway.set_ready(false);
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
+    let drained = tokio::time::timeout(drain, async {
+        while let Some(result) = servers.join_next().await {
+            if let Err(e) = result.context("listener task panicked").and_then(|r| r) {
+                tracing::error!(error = %e, "listener stopped with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain timeout reached; exiting with requests still in flight");
+    }
+    tracing::info!("infergate stopped");
+    Ok(())
+}

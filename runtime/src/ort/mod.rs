@@ -280,7 +280,7 @@ fn input_value(allocator: &Allocator, tensor: &Tensor) -> Result<DynValue, Runti
         }
         crate::TensorData::Bytes(elements) => {
             if let Some(index) = elements.iter().position(|e| e.contains(&0)) {
-                return Err(RuntimeError::Backend(format!(
+                return Err(RuntimeError::InvalidInput(format!(
                     "BYTES element {index} contains a NUL byte, which ONNX string tensors cannot hold"
                 )));
             }

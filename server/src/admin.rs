@@ -1,0 +1,60 @@
+//! The admin listener (port 8002): Prometheus metrics and the management API
+//! (repository index, load, unload), kept off the public port.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::Gateway;
+use crate::http::{error_response, json_response, repository_index};
+
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .with_state(gateway)
+}
+
+async fn ready(State(g): State<Arc<Gateway>>) -> StatusCode {
+    if g.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
+async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+    g.metrics
+        .loaded_versions
+        .set(g.repository.all_versions().len() as i64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
+        g.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn load(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Response {
+    match g.repository.load(&model).await {
+        Ok(()) => json_response(&serde_json::json!({})),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn unload(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Response {
+    match g.repository.unload(&model).await {
+        Ok(()) => json_response(&serde_json::json!({})),
+        Err(e) => error_response(&e),
+    }
+}

@@ -1,0 +1,129 @@
+//! The `infergate` command line and the start-up sequence behind `infergate serve`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use infergate_config::{Config, Overrides};
+use infergate_runtime::ort::{OrtRuntime, discover};
+use tokio_util::sync::CancellationToken;
+
+use crate::repository::Repository;
+use crate::{Listeners, RunArgs};
+
+/// infergate: a KServe V2 inference server and gateway.
+#[derive(Debug, Parser)]
+#[command(name = "infergate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model repository over KServe V2 HTTP and gRPC.
+    Serve(ServeArgs),
+}
+
+/// `infergate serve` flags; each overrides the config file and `INFERGATE_…` variables.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Model repository in the Triton layout: DIR/<model>/<version>/model.onnx.
+    #[arg(long, value_name = "DIR")]
+    pub model_repository: Option<PathBuf>,
+    /// TOML configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// HTTP/REST listener [default: 0.0.0.0:8000].
+    #[arg(long, value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// gRPC listener [default: 0.0.0.0:8001].
+    #[arg(long, value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// Admin listener: /metrics and the management API [default: 0.0.0.0:8002].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+}
+
+/// Loads config (file, then `env`, then flags), finds ONNX Runtime, loads the repository,
+/// binds, and serves until SIGINT/SIGTERM.
+pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
+    let ort_env = env
+        .iter()
+        .find(|(k, _)| k == "ORT_DYLIB_PATH")
+        .map(|(_, v)| PathBuf::from(v));
+    let mut overrides = Overrides::new();
+    overrides
+        .set(
+            "models.repository",
+            args.model_repository.as_ref().map(|p| p.display()),
+        )
+        .set("server.http_addr", args.http_addr)
+        .set("server.grpc_addr", args.grpc_addr)
+        .set("server.admin_addr", args.admin_addr);
+    let config = Config::load(args.config.as_deref(), env, &overrides)?;
+    init_logging(&config);
+    tracing::info!(config = ?config, "effective configuration");
+
+    let root = config
+        .models
+        .repository
+        .clone()
+        .context("no model repository: pass --model-repository DIR or set models.repository")?;
+    let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
+    let runtime = OrtRuntime::init(&library)?;
+    tracing::info!(library = %library.display(), "onnx runtime loaded");
+    let repository = Arc::new(Repository::new(
+        Some(root),
+        Some(runtime),
+        config.runtime.clone(),
+    ));
+    let loaded = repository.load_all().await?;
+    tracing::info!(versions = loaded, "model repository loaded");
+
+    let listeners = Listeners::bind(&config.server).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    crate::run(RunArgs {
+        config,
+        repository,
+        listeners,
+        shutdown,
+    })
+    .await
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if config.log.format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+async fn signal_shutdown(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+    token.cancel();
+}

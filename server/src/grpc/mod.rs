@@ -1,0 +1,300 @@
+//! The KServe V2 gRPC front end (`inference.GRPCInferenceService`) and `grpc.health.v1`.
+
+mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use infergate_proto::health::v1 as health;
+use infergate_proto::inference as pb;
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::StreamExt as _;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, WatchStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tower::ServiceExt;
+
+use crate::Gateway;
+use crate::error::{ErrorKind, ServeError};
+use crate::views;
+
+/// Requests of one ModelStreamInfer stream that may run at once.
+const STREAM_CONCURRENCY: usize = 128;
+
+/// Serves both gRPC services on `listener` until `shutdown` is cancelled.
+pub fn serve(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+    let limit = gateway.config.server.max_body_bytes;
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        conn.inspect(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        })
+    });
+    let inference = GrpcInferenceServiceServer::new(Inference {
+        gateway: Arc::clone(&gateway),
+    })
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX);
+    tonic::transport::Server::builder()
+        .add_service(inference)
+        .add_service(health::health_server::HealthServer::new(Health { gateway }))
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+}
+
+struct Inference {
+    gateway: Arc<Gateway>,
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+async fn infer_one(
+    gateway: &Gateway,
+    request: pb::ModelInferRequest,
+) -> Result<pb::ModelInferResponse, ServeError> {
+    let req = convert::request(request)?;
+    let resp = gateway
+        .stack
+        .clone()
+        .oneshot(req)
+        .await
+        .map_err(ServeError::from)?;
+    Ok(convert::response(resp))
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.gateway.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        r: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = r.into_inner();
+        let ready = self.gateway.is_ready()
+            && self
+                .gateway
+                .repository
+                .resolve(&r.name, non_empty(&r.version))
+                .is_ok();
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: views::SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: views::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        r: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(views::metadata(
+            &self.gateway.repository,
+            &r.name,
+            non_empty(&r.version),
+        )?))
+    }
+
+    async fn model_infer(
+        &self,
+        r: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        Ok(Response::new(
+            infer_one(&self.gateway, r.into_inner()).await?,
+        ))
+    }
+
+    type ModelStreamInferStream = BoxStream<pb::ModelStreamInferResponse>;
+
+    async fn model_stream_infer(
+        &self,
+        r: Request<Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let mut inbound = r.into_inner();
+        let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
+        let gateway = Arc::clone(&self.gateway);
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(STREAM_CONCURRENCY));
+            while let Ok(Some(request)) = inbound.message().await {
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let (gateway, tx) = (Arc::clone(&gateway), tx.clone());
+                tokio::spawn(async move {
+                    let echo = pb::ModelInferResponse {
+                        model_name: request.model_name.clone(),
+                        model_version: request.model_version.clone(),
+                        id: request.id.clone(),
+                        ..Default::default()
+                    };
+                    let message = match infer_one(&gateway, request).await {
+                        Ok(resp) => pb::ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(resp),
+                        },
+                        Err(e) => pb::ModelStreamInferResponse {
+                            error_message: e.message,
+                            infer_response: Some(echo),
+                        },
+                    };
+                    let _ = tx.send(Ok(message)).await;
+                    drop(permit);
+                });
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(
+        &self,
+        r: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let r = r.into_inner();
+        let target = self
+            .gateway
+            .repository
+            .resolve(&r.name, non_empty(&r.version))?;
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(views::model_config(&target)),
+        }))
+    }
+
+    async fn model_statistics(
+        &self,
+        r: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let r = r.into_inner();
+        Ok(Response::new(views::statistics(
+            &self.gateway.repository,
+            non_empty(&r.name),
+            non_empty(&r.version),
+        )?))
+    }
+
+    async fn repository_index(
+        &self,
+        r: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        Ok(Response::new(views::index(
+            &self.gateway.repository,
+            r.into_inner().ready,
+        )))
+    }
+
+    async fn repository_model_load(
+        &self,
+        r: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        self.control_allowed()?;
+        self.gateway
+            .repository
+            .load(&r.into_inner().model_name)
+            .await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        r: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        self.control_allowed()?;
+        self.gateway
+            .repository
+            .unload(&r.into_inner().model_name)
+            .await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl Inference {
+    fn control_allowed(&self) -> Result<(), ServeError> {
+        if self.gateway.config.server.grpc_repository_control {
+            Ok(())
+        } else {
+            Err(ServeError::new(
+                ErrorKind::Forbidden,
+                "model load/unload is disabled on the public grpc port (enable server.grpc_repository_control, or use the admin listener)",
+            ))
+        }
+    }
+}
+
+struct Health {
+    gateway: Arc<Gateway>,
+}
+
+fn health_status(ready: bool) -> health::HealthCheckResponse {
+    use health::health_check_response::ServingStatus;
+    let status = if ready {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    health::HealthCheckResponse {
+        status: status as i32,
+    }
+}
+
+impl Health {
+    fn check_service(&self, service: &str) -> Result<(), Status> {
+        if service.is_empty() || service == infergate_proto::INFERENCE_SERVICE {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!("unknown service '{service}'")))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl health::health_server::Health for Health {
+    async fn check(
+        &self,
+        r: Request<health::HealthCheckRequest>,
+    ) -> Result<Response<health::HealthCheckResponse>, Status> {
+        self.check_service(&r.into_inner().service)?;
+        Ok(Response::new(health_status(self.gateway.is_ready())))
+    }
+
+    type WatchStream = BoxStream<health::HealthCheckResponse>;
+
+    async fn watch(
+        &self,
+        r: Request<health::HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        self.check_service(&r.into_inner().service)?;
+        let updates =
+            WatchStream::new(self.gateway.watch_ready()).map(|ready| Ok(health_status(ready)));
+        Ok(Response::new(Box::pin(updates)))
+    }
+}

@@ -1,0 +1,172 @@
+//! `POST /v2/models/{m}[/versions/{v}]/infer`: bounded body reading, decompression, and the
+//! JSON / binary-extension / raw-binary request forms.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use tower::ServiceExt;
+
+use super::{ModelPath, codec, error_response};
+use crate::Gateway;
+use crate::error::{ErrorKind, ServeError};
+
+/// The header that splits a body into its JSON part and its binary tail.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+pub(crate) async fn infer(
+    State(g): State<Arc<Gateway>>,
+    Path(path): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(&g, path, &headers, body).await {
+        Ok(response) => response,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn handle(
+    g: &Gateway,
+    path: ModelPath,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ServeError> {
+    let limit = g.config.server.max_body_bytes;
+    let body = read_body(body, headers, limit).await?;
+    let header_len = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    ServeError::invalid("Inference-Header-Content-Length is not a number")
+                })?,
+        ),
+    };
+    let (req, prefs) = match header_len {
+        Some(0) => {
+            let target = g.repository.resolve(&path.model, path.version.as_deref())?;
+            codec::decode_raw(path.model, path.version, &target, body)?
+        }
+        Some(n) if n > body.len() => {
+            return Err(ServeError::invalid(format!(
+                "Inference-Header-Content-Length {n} exceeds the body length {}",
+                body.len()
+            )));
+        }
+        Some(n) => codec::decode(path.model, path.version, &body[..n], body.slice(n..))?,
+        None => codec::decode(path.model, path.version, &body, Bytes::new())?,
+    };
+    let resp = g
+        .stack
+        .clone()
+        .oneshot(req)
+        .await
+        .map_err(ServeError::from)?;
+    let (json, binary) = codec::encode(&resp, &prefs);
+    if binary.is_empty() {
+        return Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            json,
+        )
+            .into_response());
+    }
+    let json_len = json.len();
+    let mut out = Vec::with_capacity(json_len + binary.iter().map(Bytes::len).sum::<usize>());
+    out.extend_from_slice(&json);
+    for part in &binary {
+        out.extend_from_slice(part);
+    }
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (
+                header::HeaderName::from_static(HEADER_LENGTH),
+                HeaderValue::from(json_len),
+            ),
+        ],
+        out,
+    )
+        .into_response())
+}
+
+fn too_large(limit: usize) -> ServeError {
+    ServeError::new(
+        ErrorKind::TooLarge,
+        format!("request body exceeds the limit of {limit} bytes (server.max_body_bytes)"),
+    )
+}
+
+/// Reads at most `limit` bytes, refusing a larger declared length before reading anything,
+/// and inflates gzip/deflate bodies within the same limit.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ServeError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let body = Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large(limit)
+            } else {
+                ServeError::invalid(format!("cannot read the request body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let inflated = match encoding.as_deref() {
+        None | Some("") | Some("identity") => return Ok(body),
+        Some("gzip") | Some("x-gzip") => {
+            inflate(flate2::read::GzDecoder::new(&body[..]), limit, "gzip")?
+        }
+        Some("deflate") => {
+            // HTTP "deflate" is zlib-wrapped; some clients send raw deflate.
+            inflate(flate2::read::ZlibDecoder::new(&body[..]), limit, "deflate").or_else(|_| {
+                inflate(
+                    flate2::read::DeflateDecoder::new(&body[..]),
+                    limit,
+                    "deflate",
+                )
+            })?
+        }
+        Some(other) => {
+            return Err(ServeError::invalid(format!(
+                "unsupported Content-Encoding '{other}' (supported: gzip, deflate)"
+            )));
+        }
+    };
+    Ok(Bytes::from(inflated))
+}
+
+fn inflate(reader: impl Read, limit: usize, name: &str) -> Result<Vec<u8>, ServeError> {
+    let mut out = Vec::new();
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ServeError::invalid(format!("cannot decode {name} request body: {e}")))?;
+    if out.len() > limit {
+        return Err(too_large(limit));
+    }
+    Ok(out)
+}

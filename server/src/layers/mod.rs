@@ -1,0 +1,6 @@
+//! The tower middleware of the inference stack, one concern per module.
+
+pub mod execute;
+pub mod observe;
+pub mod resolve;
+pub mod validate;

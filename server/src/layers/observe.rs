@@ -1,0 +1,125 @@
+//! Observe: request counts and latency per model, version, protocol and outcome.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tower::{Layer, Service};
+
+use crate::core::{InferRequest, InferResponse, Protocol};
+use crate::error::{BoxError, ErrorKind, ServeError};
+use crate::metrics::{Metrics, RequestLabels};
+
+/// Adds [`Observe`].
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// Records each request's outcome and latency when it completes.
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Service<InferRequest> for Observe<S>
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
+{
+    type Response = InferResponse;
+    type Error = BoxError;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: InferRequest) -> Self::Future {
+        ObserveFuture {
+            model: req.model.clone(),
+            version: req.version.clone().unwrap_or_default(),
+            protocol: req.protocol,
+            start: Instant::now(),
+            metrics: Arc::clone(&self.metrics),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Response future of [`Observe`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        model: String,
+        version: String,
+        protocol: Protocol,
+        start: Instant,
+        metrics: Arc<Metrics>,
+    }
+}
+
+impl<F> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<InferResponse, BoxError>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let labels = match &result {
+            Ok(resp) => RequestLabels {
+                model: resp.model_name.clone(),
+                version: resp.model_version.clone(),
+                protocol: this.protocol.as_str(),
+                outcome: "success",
+            },
+            Err(e) => {
+                let kind = ServeError::classify(e.as_ref()).kind;
+                // Unknown names must not become label values: hostile input would grow the series.
+                let known = kind != ErrorKind::NotFound;
+                RequestLabels {
+                    model: if known {
+                        std::mem::take(this.model)
+                    } else {
+                        "_unknown".into()
+                    },
+                    version: if known {
+                        std::mem::take(this.version)
+                    } else {
+                        String::new()
+                    },
+                    protocol: this.protocol.as_str(),
+                    outcome: kind.as_str(),
+                }
+            }
+        };
+        this.metrics.requests.get_or_create(&labels).inc();
+        this.metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(this.start.elapsed().as_secs_f64());
+        Poll::Ready(result)
+    }
+}

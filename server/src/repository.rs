@@ -1,0 +1,383 @@
+//! The model repository: which models and versions are loaded, their states for the index,
+//! and loading/unloading from a Triton-layout directory (`<dir>/<model>/<version>/model.onnx`).
+//! The model table is swapped atomically, so lookups on the request path take no lock.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use infergate_config::{ModelConfig, RuntimeConfig};
+use infergate_runtime::ort::OrtRuntime;
+use infergate_runtime::{BackendFactory, Model, ModelOptions};
+
+use crate::error::ServeError;
+use crate::stats::Stats;
+
+/// File name of an ONNX model inside a version folder.
+pub const MODEL_FILE: &str = "model.onnx";
+/// Per-model configuration file beside the version folders.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// One loaded, ready model version.
+#[derive(Debug)]
+pub struct ModelVersion {
+    pub name: String,
+    pub version: u64,
+    pub version_label: String,
+    pub config: ModelConfig,
+    pub instances: usize,
+    pub model: Model,
+    pub stats: Stats,
+}
+
+/// A version's state for the repository index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    pub state: &'static str,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Entry {
+    versions: BTreeMap<u64, Arc<ModelVersion>>,
+    /// Versions that failed to load (or the whole model, keyed by `None`), with the reason.
+    failures: BTreeMap<Option<u64>, String>,
+    unloaded: bool,
+}
+
+/// All models this server knows about.
+pub struct Repository {
+    root: Option<PathBuf>,
+    runtime: Option<OrtRuntime>,
+    defaults: RuntimeConfig,
+    models: ArcSwap<BTreeMap<String, Entry>>,
+    /// Serializes load/unload so two management calls cannot interleave.
+    control: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl Repository {
+    /// A repository over `root` (or none), loading ONNX models with `runtime`.
+    pub fn new(
+        root: Option<PathBuf>,
+        runtime: Option<OrtRuntime>,
+        defaults: RuntimeConfig,
+    ) -> Self {
+        Self {
+            root,
+            runtime,
+            defaults,
+            models: ArcSwap::from_pointee(BTreeMap::new()),
+            control: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads every model folder under the root. Failures are logged and shown in the index;
+    /// the rest are served. Returns the number of versions loaded.
+    pub async fn load_all(&self) -> Result<usize, ServeError> {
+        let Some(root) = &self.root else { return Ok(0) };
+        let names = list_model_dirs(root)?;
+        for name in &names {
+            if let Err(e) = self.load(name).await {
+                tracing::error!(model = %name, error = %e, "model failed to load");
+            }
+        }
+        Ok(self.models.load().values().map(|e| e.versions.len()).sum())
+    }
+
+    /// (Re)loads a model from the repository folder, replacing its served versions atomically.
+    pub async fn load(&self, name: &str) -> Result<(), ServeError> {
+        let _guard = self.control.lock().await;
+        let root = self
+            .root
+            .clone()
+            .ok_or_else(|| ServeError::invalid("no model repository is configured"))?;
+        let runtime = self
+            .runtime
+            .clone()
+            .ok_or_else(|| ServeError::internal("onnx runtime is not initialized"))?;
+        if !valid_name(name) {
+            return Err(ServeError::invalid(format!("invalid model name '{name}'")));
+        }
+        let dir = root.join(name);
+        if !dir.is_dir() {
+            return Err(ServeError::not_found(format!(
+                "model '{name}' is not in the repository {}",
+                root.display()
+            )));
+        }
+        let defaults = self.defaults.clone();
+        let owned = name.to_string();
+        let entry =
+            tokio::task::spawn_blocking(move || load_model_dir(&runtime, &defaults, &owned, &dir))
+                .await
+                .map_err(|e| ServeError::internal(format!("model loader failed: {e}")))?;
+        let result = match (entry.versions.is_empty(), entry.failures.values().next()) {
+            (true, Some(reason)) => Err(ServeError::invalid(format!(
+                "failed to load model '{name}': {reason}"
+            ))),
+            _ => Ok(()),
+        };
+        for (version, model) in &entry.versions {
+            tracing::info!(model = %name, version, platform = model.model.platform(), "model version ready");
+        }
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            models.insert(name.to_string(), entry.clone());
+            models
+        });
+        result
+    }
+
+    /// Stops serving a model; in-flight requests on it finish, then its sessions are freed.
+    pub async fn unload(&self, name: &str) -> Result<(), ServeError> {
+        let _guard = self.control.lock().await;
+        if !self.models.load().contains_key(name) {
+            return Err(ServeError::not_found(format!(
+                "model '{name}' is not loaded"
+            )));
+        }
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            models.insert(
+                name.to_string(),
+                Entry {
+                    unloaded: true,
+                    ..Entry::default()
+                },
+            );
+            models
+        });
+        tracing::info!(model = %name, "model unloaded");
+        Ok(())
+    }
+
+    /// Serves an already started model (used by embedders and tests with fake backends).
+    pub fn insert(&self, name: &str, version: u64, model: Model, config: ModelConfig) {
+        let loaded = Arc::new(new_version(name, version, model, config, 1));
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            let entry = models.entry(name.to_string()).or_default();
+            entry.unloaded = false;
+            entry.versions.insert(version, Arc::clone(&loaded));
+            models
+        });
+    }
+
+    /// Starts `factory` as a model version and serves it.
+    pub fn insert_factory(
+        &self,
+        name: &str,
+        version: u64,
+        factory: Arc<dyn BackendFactory>,
+        config: ModelConfig,
+    ) -> Result<(), ServeError> {
+        let options = ModelOptions {
+            name: format!("{name}:{version}"),
+            instances: config.instances.unwrap_or(self.defaults.instances),
+            queue_capacity: self.defaults.queue_capacity,
+        };
+        let model =
+            Model::start(factory, options).map_err(|e| ServeError::internal(e.to_string()))?;
+        self.insert(name, version, model, config);
+        Ok(())
+    }
+
+    /// The version a request names, or the newest ready one.
+    pub fn resolve(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<ModelVersion>, ServeError> {
+        let models = self.models.load();
+        let entry = models
+            .get(name)
+            .filter(|e| !e.versions.is_empty())
+            .ok_or_else(|| match models.get(name) {
+                Some(_) => ServeError::new(
+                    crate::error::ErrorKind::NotReady,
+                    format!("model '{name}' is not ready"),
+                ),
+                None => ServeError::not_found(format!("unknown model '{name}'")),
+            })?;
+        match version.filter(|v| !v.is_empty()) {
+            None => Ok(Arc::clone(
+                entry.versions.values().next_back().expect("non-empty"),
+            )),
+            Some(label) => label
+                .parse::<u64>()
+                .ok()
+                .and_then(|v| entry.versions.get(&v))
+                .cloned()
+                .ok_or_else(|| {
+                    ServeError::not_found(format!("model '{name}' has no version '{label}'"))
+                }),
+        }
+    }
+
+    /// Ready versions of a model, ascending.
+    pub fn versions(&self, name: &str) -> Vec<Arc<ModelVersion>> {
+        self.models
+            .load()
+            .get(name)
+            .map(|e| e.versions.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every ready model version, by name then version.
+    pub fn all_versions(&self) -> Vec<Arc<ModelVersion>> {
+        self.models
+            .load()
+            .values()
+            .flat_map(|e| e.versions.values().cloned())
+            .collect()
+    }
+
+    /// The repository index: every model in the folder or loaded, with state and reason.
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
+        let models = self.models.load();
+        let mut names: Vec<String> = models.keys().cloned().collect();
+        if let Some(root) = &self.root {
+            names.extend(list_model_dirs(root).unwrap_or_default());
+        }
+        names.sort();
+        names.dedup();
+        let mut out = Vec::new();
+        for name in names {
+            let row = |version: String, state: &'static str, reason: String| IndexEntry {
+                name: name.clone(),
+                version,
+                state,
+                reason,
+            };
+            match models.get(&name) {
+                None => out.push(row(String::new(), "UNAVAILABLE", "not loaded".into())),
+                Some(e) if e.unloaded => {
+                    out.push(row(String::new(), "UNAVAILABLE", "unloaded".into()))
+                }
+                Some(e) => {
+                    out.extend(
+                        e.versions
+                            .keys()
+                            .map(|v| row(v.to_string(), "READY", String::new())),
+                    );
+                    out.extend(e.failures.iter().map(|(v, reason)| {
+                        row(
+                            v.map(|v| v.to_string()).unwrap_or_default(),
+                            "UNAVAILABLE",
+                            reason.clone(),
+                        )
+                    }));
+                }
+            }
+        }
+        if ready_only {
+            out.retain(|e| e.state == "READY");
+        }
+        out
+    }
+}
+
+fn new_version(
+    name: &str,
+    version: u64,
+    model: Model,
+    config: ModelConfig,
+    instances: usize,
+) -> ModelVersion {
+    ModelVersion {
+        name: name.to_string(),
+        version,
+        version_label: version.to_string(),
+        stats: Stats::new(config.max_batch_size as usize),
+        config,
+        instances,
+        model,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn list_model_dirs(root: &Path) -> Result<Vec<String>, ServeError> {
+    let entries = std::fs::read_dir(root).map_err(|e| {
+        ServeError::invalid(format!(
+            "cannot read model repository {}: {e}",
+            root.display()
+        ))
+    })?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| valid_name(n))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Blocking: reads the model's config and loads every version its policy selects.
+fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, dir: &Path) -> Entry {
+    let mut entry = Entry::default();
+    let config = match ModelConfig::load(&dir.join(CONFIG_FILE)) {
+        Ok(config) => config,
+        Err(e) => {
+            entry.failures.insert(None, e.to_string());
+            return entry;
+        }
+    };
+    let available: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(MODEL_FILE).is_file())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .collect();
+    let selected = config.version_policy.select(&available);
+    if selected.is_empty() {
+        entry.failures.insert(
+            None,
+            format!("no version folder with a {MODEL_FILE} matches the version policy"),
+        );
+        return entry;
+    }
+    let instances = config.instances.unwrap_or(defaults.instances);
+    let threads = config.intra_op_threads.unwrap_or(defaults.intra_op_threads);
+    for version in selected {
+        let path = dir.join(version.to_string()).join(MODEL_FILE);
+        let started = runtime.load(&path, threads).and_then(|factory| {
+            let options = ModelOptions {
+                name: format!("{name}:{version}"),
+                instances,
+                queue_capacity: defaults.queue_capacity,
+            };
+            Model::start(Arc::new(factory), options)
+        });
+        match started {
+            Ok(model) => {
+                let loaded = new_version(name, version, model, config.clone(), instances);
+                entry.versions.insert(version, Arc::new(loaded));
+            }
+            Err(e) => {
+                tracing::error!(model = %name, version, error = %e, "model version failed to load");
+                entry.failures.insert(Some(version), e.to_string());
+            }
+        }
+    }
+    entry
+}

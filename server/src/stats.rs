@@ -1,0 +1,108 @@
+//! Per-model-version statistics in Triton's shape (what perf_analyzer reads), lock-free.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use infergate_runtime::StageTimings;
+
+/// A count and a total duration.
+#[derive(Debug, Default)]
+pub struct Duration2 {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl Duration2 {
+    fn add(&self, d: Duration) {
+        self.count.fetch_add(1, Relaxed);
+        self.ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    /// `(count, total ns)`.
+    pub fn get(&self) -> (u64, u64) {
+        (self.count.load(Relaxed), self.ns.load(Relaxed))
+    }
+}
+
+/// Statistics of one batch size.
+#[derive(Debug, Default)]
+pub struct BatchStat {
+    pub compute_input: Duration2,
+    pub compute_infer: Duration2,
+    pub compute_output: Duration2,
+}
+
+/// Statistics of one model version.
+#[derive(Debug)]
+pub struct Stats {
+    pub success: Duration2,
+    pub fail: Duration2,
+    pub queue: Duration2,
+    pub compute_input: Duration2,
+    pub compute_infer: Duration2,
+    pub compute_output: Duration2,
+    pub inference_count: AtomicU64,
+    pub execution_count: AtomicU64,
+    /// Milliseconds since the epoch of the last inference, 0 if none.
+    pub last_inference_ms: AtomicU64,
+    /// Index = batch size; sizes beyond the table share the last slot.
+    batches: Box<[BatchStat]>,
+}
+
+impl Stats {
+    /// Statistics for a model whose batches are at most `max_batch` rows.
+    pub fn new(max_batch: usize) -> Self {
+        Self {
+            success: Duration2::default(),
+            fail: Duration2::default(),
+            queue: Duration2::default(),
+            compute_input: Duration2::default(),
+            compute_infer: Duration2::default(),
+            compute_output: Duration2::default(),
+            inference_count: AtomicU64::new(0),
+            execution_count: AtomicU64::new(0),
+            last_inference_ms: AtomicU64::new(0),
+            batches: (0..=max_batch.max(1))
+                .map(|_| BatchStat::default())
+                .collect(),
+        }
+    }
+
+    /// Records one successful execution of `batch` rows.
+    pub fn record_success(&self, batch: usize, total: Duration, timings: &StageTimings) {
+        self.success.add(total);
+        self.queue.add(timings.queue);
+        self.compute_input.add(timings.input);
+        self.compute_infer.add(timings.infer);
+        self.compute_output.add(timings.output);
+        self.inference_count.fetch_add(batch as u64, Relaxed);
+        self.execution_count.fetch_add(1, Relaxed);
+        let slot = &self.batches[batch.min(self.batches.len() - 1)];
+        slot.compute_input.add(timings.input);
+        slot.compute_infer.add(timings.infer);
+        slot.compute_output.add(timings.output);
+        self.touch();
+    }
+
+    /// Records one failed request.
+    pub fn record_failure(&self, total: Duration) {
+        self.fail.add(total);
+        self.touch();
+    }
+
+    fn touch(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_inference_ms
+            .store(now.as_millis() as u64, Relaxed);
+    }
+
+    /// `(batch size, stats)` for every batch size seen.
+    pub fn batch_stats(&self) -> impl Iterator<Item = (usize, &BatchStat)> {
+        self.batches
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.compute_infer.get().0 > 0)
+    }
+}
