@@ -64,6 +64,11 @@ impl OrtRuntime {
         })
     }
 
+    /// The ONNX Runtime environment, for building sessions outside infergate (e.g. golden tests).
+    pub fn environment(&self) -> &Environment {
+        &self.env
+    }
+
     /// The shared library this runtime was loaded from.
     pub fn library(&self) -> &Path {
         &self.library
@@ -296,11 +301,7 @@ fn output_tensor(value: DynValue) -> Result<Tensor, RuntimeError> {
         .ok_or_else(|| RuntimeError::Unsupported(format!("output element type {ty:?}")))?;
     let shape: Vec<i64> = value.shape().iter().copied().collect();
     if dtype == DataType::Bytes {
-        let (_, strings) = value.try_extract_strings()?;
-        let elements = strings
-            .into_iter()
-            .map(|s| Bytes::from(s.into_bytes()))
-            .collect();
+        let elements = string_elements(&value, crate::element_count(&shape)?)?;
         return Ok(Tensor::from_elements(shape, elements)?);
     }
     let len = crate::element_count(&shape)? * dtype.size().unwrap_or(1);
@@ -316,4 +317,61 @@ fn output_tensor(value: DynValue) -> Result<Tensor, RuntimeError> {
         Bytes::copy_from_slice(slice)
     };
     Ok(Tensor::from_raw(dtype, shape, data)?)
+}
+
+/// Reads a string tensor's elements as raw bytes (ONNX strings need not be UTF-8, and BYTES
+/// carries arbitrary bytes): one copy into a buffer, elements are slices of it.
+fn string_elements(value: &DynValue, count: usize) -> Result<Vec<Bytes>, RuntimeError> {
+    use ::ort::AsPointer;
+    let api = ::ort::api();
+    let ptr = value.ptr();
+    let mut total = 0usize;
+    #[allow(unsafe_code)]
+    // SAFETY: `ptr` is a live string tensor owned by `value`; `total` is a valid out-pointer.
+    check(unsafe { (api.GetStringTensorDataLength)(ptr, &mut total) })?;
+    let mut content = vec![0u8; total];
+    let mut offsets = vec![0usize; count];
+    if count > 0 {
+        #[allow(unsafe_code)]
+        // SAFETY: `content` has `total` writable bytes and `offsets` has `count` slots, the
+        // sizes ONNX Runtime reported for this tensor.
+        check(unsafe {
+            (api.GetStringTensorContent)(
+                ptr,
+                content.as_mut_ptr().cast(),
+                total,
+                offsets.as_mut_ptr(),
+                count,
+            )
+        })?;
+    }
+    let content = Bytes::from(content);
+    let mut elements = Vec::with_capacity(count);
+    for i in 0..count {
+        let end = offsets.get(i + 1).copied().unwrap_or(total);
+        if offsets[i] > end || end > total {
+            return Err(RuntimeError::Backend(
+                "onnx runtime returned invalid string offsets".into(),
+            ));
+        }
+        elements.push(content.slice(offsets[i]..end));
+    }
+    Ok(elements)
+}
+
+fn check(status: ::ort::sys::OrtStatusPtr) -> Result<(), RuntimeError> {
+    if status.0.is_null() {
+        return Ok(());
+    }
+    let api = ::ort::api();
+    #[allow(unsafe_code)]
+    // SAFETY: a non-null status carries a NUL-terminated message; it is released exactly once.
+    let message = unsafe {
+        let text = std::ffi::CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        text
+    };
+    Err(RuntimeError::Ort(message))
 }

@@ -12,7 +12,7 @@ use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServi
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, WatchStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tower::ServiceExt;
@@ -42,6 +42,9 @@ pub fn serve(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
     tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_resource_exhausted,
+        ))
         .add_service(inference)
         .add_service(health::health_server::HealthServer::new(Health { gateway }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -49,6 +52,23 @@ pub fn serve(
 
 struct Inference {
     gateway: Arc<Gateway>,
+}
+
+/// tonic reports a request over `max_decoding_message_size` as OUT_OF_RANGE; the error table
+/// says a body over the limit is RESOURCE_EXHAUSTED (as HTTP says 413), so rewrite that status.
+fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| {
+            m.contains("message%20length%20too%20large") || m.contains("message length too large")
+        });
+    if out_of_range && too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
 }
 
 fn non_empty(s: &str) -> Option<&str> {
@@ -293,8 +313,17 @@ impl health::health_server::Health for Health {
         r: Request<health::HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         self.check_service(&r.into_inner().service)?;
+        let rx = self.gateway.watch_ready();
+        // Report every change; once readiness drops after the first report the server is
+        // shutting down, so say NOT_SERVING and end the stream to let draining finish.
         let updates =
-            WatchStream::new(self.gateway.watch_ready()).map(|ready| Ok(health_status(ready)));
+            futures::stream::unfold((rx, true, false), |(mut rx, first, done)| async move {
+                if done || (!first && rx.changed().await.is_err()) {
+                    return None;
+                }
+                let ready = *rx.borrow_and_update();
+                Some((Ok(health_status(ready)), (rx, false, !first && !ready)))
+            });
         Ok(Response::new(Box::pin(updates)))
     }
 }

@@ -206,7 +206,10 @@ pub fn decode_raw(
         )));
     };
     let mut shape = spec.shape.clone();
-    if let Some(first) = shape.first_mut().filter(|_| target.config.max_batch_size > 0) {
+    if let Some(first) = shape
+        .first_mut()
+        .filter(|_| target.config.max_batch_size > 0)
+    {
         *first = 1;
     }
     let dynamic: Vec<usize> = (0..shape.len()).filter(|&i| shape[i] < 0).collect();
@@ -274,6 +277,15 @@ fn json_tensor(
     }
     .deserialize(&mut de)
     .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
+    let got = match &sink {
+        Sink::Fixed(bytes) => bytes.len() / dtype.size().unwrap_or(1),
+        Sink::Bytes(elements) => elements.len(),
+    };
+    if got != count {
+        return Err(ServeError::invalid(format!(
+            "input '{name}': expected {count} elements for shape {shape:?}, got {got}"
+        )));
+    }
     let tensor = match sink {
         Sink::Fixed(bytes) => Tensor::from_raw(dtype, shape, bytes.freeze()),
         Sink::Bytes(elements) => Tensor::from_elements(shape, elements),

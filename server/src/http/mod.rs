@@ -285,7 +285,9 @@ pub(crate) async fn repository_index(State(g): State<Arc<Gateway>>, body: Bytes)
         match serde_json::from_slice::<Value>(&body) {
             Ok(v) => v.get("ready").and_then(Value::as_bool).unwrap_or(false),
             Err(e) => {
-                return error_response(&ServeError::invalid(format!("malformed request JSON: {e}")));
+                return error_response(&ServeError::invalid(format!(
+                    "malformed request JSON: {e}"
+                )));
             }
         }
     };

@@ -1,0 +1,175 @@
+//! Starting a server for a test and small client helpers.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use infergate_config::Config;
+use infergate_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use infergate_runtime::ort::{OrtRuntime, discover};
+use infergate_server::repository::Repository;
+use infergate_server::{BoundAddrs, Listeners, RunArgs};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/repository")
+}
+
+pub fn ort_runtime() -> OrtRuntime {
+    let env = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
+    let lib = discover(None, env.as_deref()).expect("ONNX Runtime missing: run `make ort`");
+    OrtRuntime::init(&lib).unwrap()
+}
+
+pub struct TestServer {
+    pub addrs: BoundAddrs,
+    pub shutdown: CancellationToken,
+    pub handle: JoinHandle<anyhow::Result<()>>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A server over the committed model repository.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.server.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+        config.models.repository = Some(repo_dir());
+        configure(&mut config);
+        let repository = Arc::new(Repository::new(
+            config.models.repository.clone(),
+            Some(ort_runtime()),
+            config.runtime.clone(),
+        ));
+        repository.load_all().await.unwrap();
+        Self::serve(config, repository).await
+    }
+
+    pub async fn serve(config: Config, repository: Arc<Repository>) -> Self {
+        let listeners = Listeners::bind(&config.server).await.unwrap();
+        let addrs = listeners.addrs().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(infergate_server::run(RunArgs {
+            config,
+            repository,
+            listeners,
+            shutdown: shutdown.clone(),
+        }));
+        let server = Self {
+            addrs,
+            shutdown,
+            handle,
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..200 {
+            let ready = server.http.get(server.url("/v2/health/ready")).send().await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("server did not become ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs.http)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs.admin)
+    }
+
+    pub async fn grpc(&self) -> GrpcInferenceServiceClient<Channel> {
+        GrpcInferenceServiceClient::connect(format!("http://{}", self.addrs.grpc))
+            .await
+            .unwrap()
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    /// POST JSON, returning status and parsed body.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let bytes = r.bytes().await.unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.handle)
+            .await
+            .expect("server did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Splits a binary-extension response into its JSON header and the binary tail.
+pub fn split_binary(
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+) -> (serde_json::Value, Vec<u8>) {
+    let n: usize = headers
+        .get("inference-header-content-length")
+        .expect("binary response without Inference-Header-Content-Length")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (
+        serde_json::from_slice(&body[..n]).unwrap(),
+        body[n..].to_vec(),
+    )
+}
+
+/// Runs a model directly with the `ort` crate (a second implementation for golden checks).
+pub fn direct_ort_f32(model: &Path, input: &str, shape: &[usize], data: &[f32]) -> Vec<f32> {
+    let runtime = ort_runtime();
+    let mut session = ort::session::Session::builder(runtime.environment())
+        .unwrap()
+        .commit_from_file(model)
+        .unwrap();
+    let array = ndarray::ArrayD::from_shape_vec(shape.to_vec(), data.to_vec()).unwrap();
+    let value = ort::value::Tensor::from_array(array).unwrap();
+    let outputs = session.run(vec![(input, value)]).unwrap();
+    let (_, out) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    out.to_vec()
+}
+
+pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}

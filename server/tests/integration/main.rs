@@ -1,0 +1,8 @@
+//! Integration tests: the real server in-process on 127.0.0.1:0, driven by real HTTP and gRPC
+//! clients. One test binary (modules below) keeps link time down.
+
+mod common;
+mod errors;
+mod grpc;
+mod http;
+mod lifecycle;
