@@ -114,5 +114,9 @@ fn model_config_parses_every_policy_form() {
 fn the_documented_config_file_states_the_defaults() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infergate.toml");
     let documented = Config::load(Some(&path), env(&[]), &Overrides::new()).unwrap();
-    assert_eq!(documented, Config::default(), "config/infergate.toml drifted from the defaults");
+    assert_eq!(
+        documented,
+        Config::default(),
+        "config/infergate.toml drifted from the defaults"
+    );
 }

@@ -164,7 +164,8 @@ impl Repository {
 
     /// Serves an already started model (used by embedders and tests with fake backends).
     pub fn insert(&self, name: &str, version: u64, model: Model, config: ModelConfig) {
-        let loaded = Arc::new(new_version(name, version, model, config, 1));
+        let instances = config.instances.unwrap_or(self.defaults.instances);
+        let loaded = Arc::new(new_version(name, version, model, config, instances));
         self.models.rcu(|models| {
             let mut models = BTreeMap::clone(models);
             let entry = models.entry(name.to_string()).or_default();

@@ -304,6 +304,25 @@ async fn gzip_and_deflate_request_bodies() {
         let resp: Value = r.json().await.unwrap();
         assert_eq!(f32s(&resp["outputs"][0]["data"]), expected, "{encoding}");
     }
+    // Responses are compressed when the client asks for it.
+    let r = s
+        .http
+        .post(s.url("/v2/models/iris_mlp/infer"))
+        .header("Accept-Encoding", "gzip")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "gzip");
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&r.bytes().await.unwrap()[..]),
+        &mut inflated,
+    )
+    .unwrap();
+    let resp: Value = serde_json::from_slice(&inflated).unwrap();
+    assert_eq!(f32s(&resp["outputs"][0]["data"]), expected);
     s.stop().await;
 }
 
