@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     unsafe_set_protoc(&protoc);
     tonic_prost_build::configure()
+        // Unimplemented RPCs answer UNIMPLEMENTED by default (test servers implement a subset).
+        .generate_default_stubs(true)
         // Raw tensor payloads are `Bytes` so they are sliced, never copied.
         .bytes(".inference.ModelInferRequest.raw_input_contents")
         .bytes(".inference.ModelInferResponse.raw_output_contents")

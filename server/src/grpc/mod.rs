@@ -155,12 +155,10 @@ impl GrpcInferenceService for Inference {
         ))
     }
 
-    type ModelStreamInferStream = BoxStream<pb::ModelStreamInferResponse>;
-
     async fn model_stream_infer(
         &self,
         r: Request<Streaming<pb::ModelInferRequest>>,
-    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+    ) -> Result<Response<BoxStream<pb::ModelStreamInferResponse>>, Status> {
         let mut inbound = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
         let gateway = Arc::clone(&self.gateway);
@@ -306,12 +304,10 @@ impl health::health_server::Health for Health {
         Ok(Response::new(health_status(self.gateway.is_ready())))
     }
 
-    type WatchStream = BoxStream<health::HealthCheckResponse>;
-
     async fn watch(
         &self,
         r: Request<health::HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    ) -> Result<Response<BoxStream<health::HealthCheckResponse>>, Status> {
         self.check_service(&r.into_inner().service)?;
         let rx = self.gateway.watch_ready();
         // Report every change; once readiness drops after the first report the server is
