@@ -19,7 +19,7 @@ ADMIN_ADDR    ?= 127.0.0.1:8002
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: help run test build ort venv models fmt lint unit-test interop-test clean
+.PHONY: help run test build ort venv models fmt lint unit-test interop-test bench bench-tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -66,6 +66,12 @@ unit-test: ort ## every Rust test (unit, integration, golden numerics)
 interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, HTTP aio, gRPC)
 	$(CARGO) build --locked -p infergate-server --bin infergate
 	$(VENV_PY) -m pytest -q tests/interop
+
+bench: ort venv ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
+	VENV_PY=$(VENV_PY) ./scripts/bench.sh
+
+bench-tools: ## install oha (the independent HTTP load tool make bench cross-checks against) into .tools/
+	$(CARGO) install oha --root .tools --locked
 
 clean: ## remove build outputs and installed tools
 	$(CARGO) clean

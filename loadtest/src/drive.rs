@@ -51,6 +51,9 @@ fn finish(
 ) -> RunResult {
     let cpu = cpu_time().saturating_sub(cpu_before);
     result.client_cpu_percent = 100.0 * cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9);
+    // Includes warm-up requests, which are sent but not counted: divide by all of them.
+    let sent = result.requests as f64 * wall.as_secs_f64() / result.duration_s.max(1e-9);
+    result.client_cpu_us_per_request = cpu.as_secs_f64() * 1e6 / sent.max(1.0);
     result.client_threads = args.threads();
     result.model = args.model.clone();
     result.protocol = match args.protocol {

@@ -111,6 +111,7 @@ impl Recorder {
             errors: self.errors.values().sum(),
             errors_by_class: self.errors,
             client_cpu_percent: 0.0,
+            client_cpu_us_per_request: 0.0,
             client_threads: 0,
             timeline: self
                 .seconds
@@ -191,6 +192,8 @@ pub struct RunResult {
     pub errors_by_class: BTreeMap<String, u64>,
     /// Client CPU time over wall time, in percent of one core.
     pub client_cpu_percent: f64,
+    /// Client CPU time per request sent: the generator's own cost.
+    pub client_cpu_us_per_request: f64,
     pub client_threads: usize,
     pub timeline: Vec<Second>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Build the committed demo/test ONNX models in the Triton repository layout.
+"""Build the committed demo/test ONNX models in the Triton repository layout, and (with
+--bench DIR) the benchmark fixtures mlp_small and mlp_large, which are too big to commit.
 
 Deterministic: the same onnx version and seeds give byte-identical files.
 Usage: make models   (or: python models/recipes/make_models.py models/repository)
+       python models/recipes/make_models.py --bench .bench/models
 """
 import os
 import sys
@@ -97,7 +99,44 @@ def identity_all():
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+def mlp(name, sizes, seed):
+    """Gemm+Relu layers: input [batch, sizes[0]] FP32 -> logits [batch, sizes[-1]]."""
+    rng = np.random.RandomState(seed)
+    nodes, inits, prev = [], [], "input"
+    for i, (n_in, n_out) in enumerate(zip(sizes, sizes[1:])):
+        w = (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32)
+        b = (rng.standard_normal(n_out) * 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        last = i == len(sizes) - 2
+        out = "logits" if last else f"g{i}"
+        nodes.append(helper.make_node("Gemm", [prev, f"w{i}", f"b{i}"], [out]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        prev = out
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", sizes[0]])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", sizes[-1]])],
+        initializer=inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def bench(repo):
+    save(mlp("mlp_small", [64, 256, 256, 10], seed=11), repo, "mlp_small", 1)
+    save(mlp("mlp_large", [784, 1024, 1024, 10], seed=12), repo, "mlp_large", 1)
+    for name in ("mlp_small", "mlp_large"):
+        with open(os.path.join(repo, name, "config.toml"), "w") as f:
+            f.write("max_batch_size = 128\ninstances = 2\nintra_op_threads = 1\n")
+    print(f"benchmark models written to {repo}")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--bench":
+        bench(sys.argv[2])
+        return
     repo = sys.argv[1] if len(sys.argv) > 1 else "models/repository"
     save(iris_mlp(seed=1, hidden=8), repo, "iris_mlp", 1)
     save(iris_mlp(seed=2, hidden=16), repo, "iris_mlp", 2)
