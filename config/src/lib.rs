@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use layered::{ENV_PREFIX, Overrides};
-pub use model::{ModelConfig, VersionPolicy};
+pub use model::{DynamicBatching, ModelConfig, ResponseCache, VersionPolicy};
 
 /// Everything wrong with a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,8 @@ pub struct Config {
     pub models: ModelsConfig,
     /// Execution defaults (per-model `config.toml` overrides them).
     pub runtime: RuntimeConfig,
+    /// Admission control: concurrency limits and client rate limits.
+    pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -107,6 +109,31 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// Admission control, applied before a request body is read or decoded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Inference requests in flight across all models before new ones get 503; 0 = no limit.
+    pub max_concurrent_requests: usize,
+    /// Per-client token bucket refill rate (requests per second); 0 = no rate limit.
+    pub rate_limit_per_second: f64,
+    /// Per-client bucket size (the burst allowed).
+    pub rate_limit_burst: u32,
+    /// Header whose value identifies a client for rate limiting (else the client address).
+    pub client_key_header: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_concurrent_requests: 4096,
+            rate_limit_per_second: 0.0,
+            rate_limit_burst: 100,
+            client_key_header: "x-api-key".into(),
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -153,6 +180,14 @@ impl Config {
         }
         if self.runtime.queue_capacity == 0 {
             errors.push("runtime.queue_capacity must be at least 1".to_string());
+        }
+        if self.limits.rate_limit_per_second < 0.0 || !self.limits.rate_limit_per_second.is_finite()
+        {
+            errors.push("limits.rate_limit_per_second must be a non-negative number".to_string());
+        }
+        if self.limits.rate_limit_per_second > 0.0 && self.limits.rate_limit_burst == 0 {
+            errors
+                .push("limits.rate_limit_burst must be at least 1 when rate limiting".to_string());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             errors.push(format!(

@@ -18,6 +18,63 @@ pub struct ModelConfig {
     pub intra_op_threads: Option<usize>,
     /// Which versions of the repository folder are served.
     pub version_policy: VersionPolicy,
+    /// Requests of this model in flight at once before 503 (admission control); none = no limit.
+    pub max_concurrent_requests: Option<usize>,
+    /// Present: requests are batched dynamically (needs `max_batch_size > 0`).
+    pub dynamic_batching: Option<DynamicBatching>,
+    /// Present: identical requests are answered from a response cache.
+    pub response_cache: Option<ResponseCache>,
+}
+
+/// Triton-style dynamic batching settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DynamicBatching {
+    /// How long the oldest request may wait for a fuller batch; 0 = never wait (a batch forms
+    /// whenever an instance is free and grows while all are busy).
+    pub max_queue_delay_us: u64,
+    /// Batch sizes worth waiting for (within `max_queue_delay_us`).
+    pub preferred_batch_sizes: Vec<u32>,
+    /// Requests that may wait; more are refused with 503 + Retry-After.
+    pub max_queue_size: usize,
+    /// Priority levels; requests pick one with the `priority` parameter (1 = highest).
+    pub priority_levels: u32,
+    /// Level of requests that do not say (or say 0).
+    pub default_priority_level: u32,
+    /// Timeout of requests that set none (0 = none); an expired request fails with 504 unrun.
+    pub default_timeout_us: u64,
+}
+
+impl Default for DynamicBatching {
+    fn default() -> Self {
+        Self {
+            max_queue_delay_us: 0,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_size: 1024,
+            priority_levels: 1,
+            default_priority_level: 1,
+            default_timeout_us: 0,
+        }
+    }
+}
+
+/// Response cache settings (per model version).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseCache {
+    /// Bound on cached requests and responses, in bytes.
+    pub max_bytes: u64,
+    /// Entries expire this long after insertion (none = only evicted for size).
+    pub ttl_ms: Option<u64>,
+}
+
+impl Default for ResponseCache {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 * 1024 * 1024,
+            ttl_ms: None,
+        }
+    }
 }
 
 /// Triton's version policy: the newest N versions, all of them, or a fixed list.
@@ -56,6 +113,13 @@ impl VersionPolicy {
 }
 
 impl ModelConfig {
+    /// The batching settings in force: none when the model has no batch dimension.
+    pub fn batching(&self) -> Option<&DynamicBatching> {
+        self.dynamic_batching
+            .as_ref()
+            .filter(|_| self.max_batch_size > 0)
+    }
+
     /// Reads `path`, or the defaults when it does not exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {

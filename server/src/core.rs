@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use infergate_runtime::{NamedTensor, Tensor};
+use infergate_runtime::{NamedTensor, StageTimings, Tensor};
+use tokio::time::{Duration, Instant};
 
+use crate::error::ServeError;
 use crate::repository::ModelVersion;
 
 /// Which front end a request came through (a metrics label).
@@ -35,8 +37,8 @@ pub enum ParamValue {
 /// Request/response parameters in arrival order.
 pub type Parameters = Vec<(String, ParamValue)>;
 
-/// One decoded inference request.
-#[derive(Debug)]
+/// One decoded inference request. Cloning is cheap: tensor data is shared.
+#[derive(Debug, Clone)]
 pub struct InferRequest {
     pub model: String,
     /// Requested version; `None` means the newest ready version.
@@ -49,6 +51,12 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// Set by the resolve layer: the model version that will serve the request.
     pub target: Option<Arc<ModelVersion>>,
+    /// When the front end finished decoding it.
+    pub received: Instant,
+    /// Latest time the request may start executing (`timeout` parameter, gRPC deadline).
+    pub deadline: Option<Instant>,
+    /// Scheduling priority: 1 is the highest, 0 means the model's default level.
+    pub priority: u32,
 }
 
 impl InferRequest {
@@ -62,7 +70,60 @@ impl InferRequest {
             outputs: Vec::new(),
             protocol,
             target: None,
+            received: Instant::now(),
+            deadline: None,
+            priority: 0,
         }
+    }
+
+    /// Reads the `priority` and `timeout` (µs) request parameters.
+    pub fn apply_parameters(&mut self) -> Result<(), ServeError> {
+        let params: Vec<(String, Option<u64>)> = self
+            .parameters
+            .iter()
+            .filter(|(k, _)| k == "priority" || k == "timeout")
+            .map(|(k, v)| {
+                let number = match v {
+                    ParamValue::Int64(i) => u64::try_from(*i).ok(),
+                    ParamValue::Uint64(u) => Some(*u),
+                    _ => None,
+                };
+                (k.clone(), number)
+            })
+            .collect();
+        for (key, number) in params {
+            match key.as_str() {
+                "priority" => {
+                    self.priority = number.and_then(|n| u32::try_from(n).ok()).ok_or_else(|| {
+                        ServeError::invalid("parameter 'priority' must be a non-negative integer (1 is the highest)")
+                    })?;
+                }
+                "timeout" => {
+                    let micros = number.ok_or_else(|| {
+                        ServeError::invalid("parameter 'timeout' must be a non-negative integer number of microseconds")
+                    })?;
+                    self.tighten_deadline(Duration::from_micros(micros));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the deadline to `after` from reception unless an earlier one is already set.
+    pub fn tighten_deadline(&mut self, after: Duration) {
+        // Absurd timeouts saturate to a year instead of overflowing the clock.
+        let after = after.min(Duration::from_secs(86_400 * 365));
+        let deadline = self.received + after;
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
+    /// Rows of the batch dimension (the first dimension of the first input).
+    pub fn rows(&self) -> usize {
+        self.inputs
+            .first()
+            .and_then(|i| i.tensor.shape().first())
+            .map_or(1, |&b| b.max(0) as usize)
     }
 }
 
@@ -75,6 +136,8 @@ pub struct InferResponse {
     pub parameters: Parameters,
     /// Outputs in the order requested (model order when none were named).
     pub outputs: Vec<NamedTensor>,
+    /// Where this request's time went (queue includes any batching wait).
+    pub timings: StageTimings,
 }
 
 impl InferResponse {

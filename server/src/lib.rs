@@ -2,6 +2,7 @@
 //! end, plus the admin listener (metrics and the management API).
 
 mod admin;
+pub mod admission;
 pub mod cli;
 pub mod core;
 pub mod error;
@@ -31,6 +32,7 @@ use crate::stack::Stack;
 /// What every front end shares: the stack, the repository, metrics, config and readiness.
 pub struct Gateway {
     pub stack: Stack,
+    pub admission: admission::Admission,
     pub repository: Arc<Repository>,
     pub metrics: Arc<Metrics>,
     pub config: Config,
@@ -42,6 +44,7 @@ impl Gateway {
         let metrics = Arc::new(Metrics::default());
         Arc::new(Self {
             stack: stack::build(Arc::clone(&repository), Arc::clone(&metrics)),
+            admission: admission::Admission::new(&config.limits),
             repository,
             metrics,
             config,
@@ -130,8 +133,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut servers = tokio::task::JoinSet::new();
     let stop = shutdown.clone();
-    let http = axum::serve(listeners.http, http::router(Arc::clone(&gateway)))
-        .with_graceful_shutdown(stop.cancelled_owned());
+    let http = axum::serve(
+        listeners.http,
+        http::router(Arc::clone(&gateway)).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned());
     servers.spawn(async move { http.await.context("http listener failed") });
     let stop = shutdown.clone();
     let admin = axum::serve(listeners.admin, admin::router(Arc::clone(&gateway)))

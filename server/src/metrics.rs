@@ -23,7 +23,29 @@ pub struct ModelLabels {
     pub version: String,
 }
 
+/// Labels of rejected or dropped requests.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub model: String,
+    /// `queue_full`, `deadline`, `cancelled`, `concurrency_limit`, `rate_limit`.
+    pub cause: &'static str,
+}
+
+/// Labels of cache lookups.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub model: String,
+    pub version: String,
+    /// `hit` or `miss`.
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Batch sizes: powers of two up to 1024.
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 11))
+}
 
 /// Sub-millisecond-friendly buckets: 50 µs doubling up to about 6.5 s.
 fn latency_histogram() -> Histogram {
@@ -37,6 +59,9 @@ pub struct Metrics {
     pub request_duration: HistogramFamily<RequestLabels>,
     pub queue_duration: HistogramFamily<ModelLabels>,
     pub compute_duration: HistogramFamily<ModelLabels>,
+    pub batch_size: HistogramFamily<ModelLabels>,
+    pub rejected: Family<RejectLabels, Counter>,
+    pub cache: Family<CacheLabels, Counter>,
     pub loaded_versions: Gauge,
 }
 
@@ -56,6 +81,10 @@ impl Default for Metrics {
             HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         let compute_duration =
             HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let batch_size =
+            HistogramFamily::new_with_constructor(batch_histogram as fn() -> Histogram);
+        let rejected = Family::<RejectLabels, Counter>::default();
+        let cache = Family::<CacheLabels, Counter>::default();
         let loaded_versions = Gauge::default();
         registry.register(
             "requests",
@@ -78,6 +107,21 @@ impl Default for Metrics {
             compute_duration.clone(),
         );
         registry.register(
+            "batch_size",
+            "Rows per backend execution (dynamic batches included)",
+            batch_size.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Requests refused or dropped before execution, by cause",
+            rejected.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Response cache lookups by result",
+            cache.clone(),
+        );
+        registry.register(
             "loaded_model_versions",
             "Model versions loaded and ready",
             loaded_versions.clone(),
@@ -88,12 +132,25 @@ impl Default for Metrics {
             request_duration,
             queue_duration,
             compute_duration,
+            batch_size,
+            rejected,
+            cache,
             loaded_versions,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a request refused or dropped before execution.
+    pub fn reject(&self, model: &str, cause: &'static str) {
+        self.rejected
+            .get_or_create(&RejectLabels {
+                model: model.to_string(),
+                cause,
+            })
+            .inc();
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();

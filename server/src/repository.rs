@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use infergate_config::{ModelConfig, RuntimeConfig};
@@ -12,6 +12,8 @@ use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::{BackendFactory, Model, ModelOptions};
 
 use crate::error::ServeError;
+use crate::layers::batch::BatchHandle;
+use crate::layers::cache::ResponseCache;
 use crate::stats::Stats;
 
 /// File name of an ONNX model inside a version folder.
@@ -29,6 +31,14 @@ pub struct ModelVersion {
     pub instances: usize,
     pub model: Model,
     pub stats: Stats,
+    /// sha256 of the model artifact (`sha256:<hex>`).
+    pub digest: String,
+    /// The dynamic batcher, started on first use when the model batches.
+    pub batcher: OnceLock<BatchHandle>,
+    /// The response cache, when the model opted in.
+    pub cache: Option<ResponseCache>,
+    /// Per-model admission limit shared by the model's versions.
+    pub admission: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A version's state for the repository index.
@@ -165,12 +175,28 @@ impl Repository {
     /// Serves an already started model (used by embedders and tests with fake backends).
     pub fn insert(&self, name: &str, version: u64, model: Model, config: ModelConfig) {
         let instances = config.instances.unwrap_or(self.defaults.instances);
-        let loaded = Arc::new(new_version(name, version, model, config, instances));
+        let admission = self.admission(name).or_else(|| admission_for(&config));
+        let digest = format!("inserted:{name}:{version}");
+        let loaded = Arc::new(new_version(
+            name, version, model, config, instances, digest, admission,
+        ));
         self.models.rcu(|models| {
             let mut models = BTreeMap::clone(models);
             let entry = models.entry(name.to_string()).or_default();
             entry.unloaded = false;
             entry.versions.insert(version, Arc::clone(&loaded));
+            models
+        });
+    }
+
+    /// Serves a prepared version (e.g. with a custom cache), replacing one with its number.
+    pub fn insert_version(&self, loaded: ModelVersion) {
+        let loaded = Arc::new(loaded);
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            let entry = models.entry(loaded.name.clone()).or_default();
+            entry.unloaded = false;
+            entry.versions.insert(loaded.version, Arc::clone(&loaded));
             models
         });
     }
@@ -192,6 +218,18 @@ impl Repository {
             Model::start(factory, options).map_err(|e| ServeError::internal(e.to_string()))?;
         self.insert(name, version, model, config);
         Ok(())
+    }
+
+    /// The model's admission limit, if it has one (looked up before a request is decoded).
+    pub fn admission(&self, name: &str) -> Option<Arc<tokio::sync::Semaphore>> {
+        self.models
+            .load()
+            .get(name)?
+            .versions
+            .values()
+            .next()?
+            .admission
+            .clone()
     }
 
     /// The version a request names, or the newest ready one.
@@ -289,22 +327,68 @@ impl Repository {
     }
 }
 
+fn admission_for(config: &ModelConfig) -> Option<Arc<tokio::sync::Semaphore>> {
+    config
+        .max_concurrent_requests
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)))
+}
+
+impl ModelVersion {
+    /// A served version around a started model. `digest` identifies the artifact (cache keys).
+    pub fn new(
+        name: &str,
+        version: u64,
+        model: Model,
+        config: ModelConfig,
+        instances: usize,
+        digest: String,
+    ) -> Self {
+        let admission = admission_for(&config);
+        new_version(name, version, model, config, instances, digest, admission)
+    }
+}
+
 fn new_version(
     name: &str,
     version: u64,
     model: Model,
     config: ModelConfig,
     instances: usize,
+    digest: String,
+    admission: Option<Arc<tokio::sync::Semaphore>>,
 ) -> ModelVersion {
+    if config.dynamic_batching.is_some() && config.max_batch_size == 0 {
+        tracing::warn!(model = %name, "dynamic_batching is ignored: max_batch_size is 0");
+    }
     ModelVersion {
         name: name.to_string(),
         version,
         version_label: version.to_string(),
         stats: Stats::new(config.max_batch_size as usize),
+        cache: config
+            .response_cache
+            .as_ref()
+            .map(|c| ResponseCache::new(c, digest.clone())),
+        batcher: OnceLock::new(),
+        digest,
+        admission,
         config,
         instances,
         model,
     }
+}
+
+/// `sha256:<hex>` of a file.
+fn file_digest(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("sha256:{hex}"))
 }
 
 fn valid_name(name: &str) -> bool {
@@ -359,8 +443,19 @@ fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, di
     }
     let instances = config.instances.unwrap_or(defaults.instances);
     let threads = config.intra_op_threads.unwrap_or(defaults.intra_op_threads);
+    let admission = admission_for(&config);
     for version in selected {
         let path = dir.join(version.to_string()).join(MODEL_FILE);
+        let digest = match file_digest(&path) {
+            Ok(d) => d,
+            Err(e) => {
+                entry.failures.insert(
+                    Some(version),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                continue;
+            }
+        };
         let started = runtime.load(&path, threads).and_then(|factory| {
             let options = ModelOptions {
                 name: format!("{name}:{version}"),
@@ -371,7 +466,15 @@ fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, di
         });
         match started {
             Ok(model) => {
-                let loaded = new_version(name, version, model, config.clone(), instances);
+                let loaded = new_version(
+                    name,
+                    version,
+                    model,
+                    config.clone(),
+                    instances,
+                    digest,
+                    admission.clone(),
+                );
                 entry.versions.insert(version, Arc::new(loaded));
             }
             Err(e) => {

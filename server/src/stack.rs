@@ -4,6 +4,9 @@ use std::sync::Arc;
 
 use tower::ServiceBuilder;
 
+use crate::layers::account::{Account, AccountLayer};
+use crate::layers::batch::{Batch, BatchLayer};
+use crate::layers::cache::{Cache, CacheLayer};
 use crate::layers::execute::Execute;
 use crate::layers::observe::{Observe, ObserveLayer};
 use crate::layers::resolve::{Resolve, ResolveLayer};
@@ -11,8 +14,9 @@ use crate::layers::validate::{Validate, ValidateLayer};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 
-/// The composed service both front ends call.
-pub type Stack = Observe<Resolve<Validate<Execute>>>;
+/// The composed service both front ends call. Admission control (concurrency limits, load
+/// shedding, rate limits) runs in front of it, in the front ends, before bodies are decoded.
+pub type Stack = Observe<Resolve<Account<Validate<Cache<Batch<Execute>>>>>>;
 
 /// Builds the stack over a repository.
 pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>) -> Stack {
@@ -21,7 +25,14 @@ pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>) -> Stack {
         .layer(ObserveLayer::new(Arc::clone(&metrics)))
         // before validation: the signature to check against belongs to the resolved version
         .layer(ResolveLayer::new(repository))
-        // before execution: nothing malformed reaches a worker thread
+        // right below resolve: every outcome of a resolved request lands in its statistics
+        .layer(AccountLayer::new(Arc::clone(&metrics)))
+        // before the cache: a malformed request is never hashed or looked up
         .layer(ValidateLayer)
+        // above batching: a hit never waits in a batch queue, and identical requests in
+        // flight together are computed once
+        .layer(CacheLayer::new(Arc::clone(&metrics)))
+        // per model version queue; forms batches while the instances are busy
+        .layer(BatchLayer::new(Arc::clone(&metrics)))
         .service(Execute::new(metrics))
 }

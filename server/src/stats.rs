@@ -13,7 +13,7 @@ pub struct Duration2 {
 }
 
 impl Duration2 {
-    fn add(&self, d: Duration) {
+    pub fn add(&self, d: Duration) {
         self.count.fetch_add(1, Relaxed);
         self.ns.fetch_add(d.as_nanos() as u64, Relaxed);
     }
@@ -41,6 +41,8 @@ pub struct Stats {
     pub compute_input: Duration2,
     pub compute_infer: Duration2,
     pub compute_output: Duration2,
+    pub cache_hit: Duration2,
+    pub cache_miss: Duration2,
     pub inference_count: AtomicU64,
     pub execution_count: AtomicU64,
     /// Milliseconds since the epoch of the last inference, 0 if none.
@@ -59,6 +61,8 @@ impl Stats {
             compute_input: Duration2::default(),
             compute_infer: Duration2::default(),
             compute_output: Duration2::default(),
+            cache_hit: Duration2::default(),
+            cache_miss: Duration2::default(),
             inference_count: AtomicU64::new(0),
             execution_count: AtomicU64::new(0),
             last_inference_ms: AtomicU64::new(0),
@@ -68,20 +72,34 @@ impl Stats {
         }
     }
 
-    /// Records one successful execution of `batch` rows.
-    pub fn record_success(&self, batch: usize, total: Duration, timings: &StageTimings) {
+    /// Records one backend execution of `rows` rows (a batch of one or more requests).
+    pub fn record_execution(&self, rows: usize, timings: &StageTimings) {
+        self.inference_count.fetch_add(rows as u64, Relaxed);
+        self.execution_count.fetch_add(1, Relaxed);
+        let slot = &self.batches[rows.min(self.batches.len() - 1)];
+        slot.compute_input.add(timings.input);
+        slot.compute_infer.add(timings.infer);
+        slot.compute_output.add(timings.output);
+    }
+
+    /// Records one successful request: its total time and its share of each stage.
+    pub fn record_request(&self, total: Duration, timings: &StageTimings) {
         self.success.add(total);
         self.queue.add(timings.queue);
         self.compute_input.add(timings.input);
         self.compute_infer.add(timings.infer);
         self.compute_output.add(timings.output);
-        self.inference_count.fetch_add(batch as u64, Relaxed);
-        self.execution_count.fetch_add(1, Relaxed);
-        let slot = &self.batches[batch.min(self.batches.len() - 1)];
-        slot.compute_input.add(timings.input);
-        slot.compute_infer.add(timings.infer);
-        slot.compute_output.add(timings.output);
         self.touch();
+    }
+
+    /// Records a cache lookup (hit or miss) and its duration.
+    pub fn record_cache(&self, hit: bool, took: Duration) {
+        if hit {
+            &self.cache_hit
+        } else {
+            &self.cache_miss
+        }
+        .add(took);
     }
 
     /// Records one failed request.

@@ -181,8 +181,8 @@ pub fn statistics(
                     compute_input: duration(&s.compute_input),
                     compute_infer: duration(&s.compute_infer),
                     compute_output: duration(&s.compute_output),
-                    cache_hit: Some(pb::StatisticDuration::default()),
-                    cache_miss: Some(pb::StatisticDuration::default()),
+                    cache_hit: duration(&s.cache_hit),
+                    cache_miss: duration(&s.cache_miss),
                 }),
                 batch_stats: s
                     .batch_stats()

@@ -45,6 +45,10 @@ pub fn serve(
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
+        // before tonic decodes a message: shed inference calls over the global limit
+        .layer(crate::admission::GrpcGlobalLimitLayer {
+            gateway: Arc::clone(&gateway),
+        })
         .add_service(inference)
         .add_service(health::health_server::HealthServer::new(Health { gateway }))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
@@ -77,11 +81,54 @@ fn non_empty(s: &str) -> Option<&str> {
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// `grpc-timeout` header value (`<digits><H|M|S|m|u|n>`) as a duration.
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<std::time::Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+        "M" => std::time::Duration::from_secs(n.saturating_mul(60)),
+        "S" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_millis(n),
+        "u" => std::time::Duration::from_micros(n),
+        "n" => std::time::Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The client key for rate limiting: the configured header, else the peer address.
+fn client_key(
+    gateway: &Gateway,
+    metadata: &tonic::metadata::MetadataMap,
+    peer: Option<std::net::SocketAddr>,
+) -> String {
+    metadata
+        .get(gateway.admission.client_key_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .unwrap_or_default()
+}
+
 async fn infer_one(
     gateway: &Gateway,
     request: pb::ModelInferRequest,
+    client: &str,
+    timeout: Option<std::time::Duration>,
 ) -> Result<pb::ModelInferResponse, ServeError> {
-    let req = convert::request(request)?;
+    // The global permit was taken in front of tonic (`GrpcGlobalLimitLayer`), before decoding.
+    let _admitted = gateway.admission.admit_model(
+        &gateway.repository,
+        &gateway.metrics,
+        &request.model_name,
+        client,
+    )?;
+    let mut req = convert::request(request)?;
+    req.apply_parameters()?;
+    if let Some(timeout) = timeout {
+        req.tighten_deadline(timeout);
+    }
     let resp = gateway
         .stack
         .clone()
@@ -150,8 +197,10 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
+        let timeout = grpc_timeout(r.metadata());
         Ok(Response::new(
-            infer_one(&self.gateway, r.into_inner()).await?,
+            infer_one(&self.gateway, r.into_inner(), &client, timeout).await?,
         ))
     }
 
@@ -159,6 +208,7 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<BoxStream<pb::ModelStreamInferResponse>>, Status> {
+        let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
         let mut inbound = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
         let gateway = Arc::clone(&self.gateway);
@@ -168,7 +218,7 @@ impl GrpcInferenceService for Inference {
                 let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
                     break;
                 };
-                let (gateway, tx) = (Arc::clone(&gateway), tx.clone());
+                let (gateway, tx, client) = (Arc::clone(&gateway), tx.clone(), client.clone());
                 tokio::spawn(async move {
                     let echo = pb::ModelInferResponse {
                         model_name: request.model_name.clone(),
@@ -176,7 +226,7 @@ impl GrpcInferenceService for Inference {
                         id: request.id.clone(),
                         ..Default::default()
                     };
-                    let message = match infer_one(&gateway, request).await {
+                    let message = match infer_one(&gateway, request, &client, None).await {
                         Ok(resp) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),

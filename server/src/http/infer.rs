@@ -2,10 +2,11 @@
 //! JSON / binary-extension / raw-binary request forms.
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -18,6 +19,39 @@ use crate::error::{ErrorKind, ServeError};
 
 /// The header that splits a body into its JSON part and its binary tail.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Admission before the body is read: concurrency limits and the client's rate limit.
+pub(crate) async fn admit(
+    State(g): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // /v2/models/{model}/...
+    let model = req
+        .uri()
+        .path()
+        .split('/')
+        .nth(3)
+        .unwrap_or_default()
+        .to_string();
+    let client = req
+        .headers()
+        .get(g.admission.client_key_header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| peer.ip().to_string(), str::to_string);
+    match g
+        .admission
+        .admit(&g.repository, &g.metrics, &model, &client)
+    {
+        Ok(admitted) => {
+            let response = next.run(req).await;
+            drop(admitted);
+            response
+        }
+        Err(e) => error_response(&e),
+    }
+}
 
 pub(crate) async fn infer(
     State(g): State<Arc<Gateway>>,
@@ -50,7 +84,7 @@ async fn handle(
                 })?,
         ),
     };
-    let (req, prefs) = match header_len {
+    let (mut req, prefs) = match header_len {
         Some(0) => {
             let target = g.repository.resolve(&path.model, path.version.as_deref())?;
             codec::decode_raw(path.model, path.version, &target, body)?
@@ -64,6 +98,7 @@ async fn handle(
         Some(n) => codec::decode(path.model, path.version, &body[..n], body.slice(n..))?,
         None => codec::decode(path.model, path.version, &body, Bytes::new())?,
     };
+    req.apply_parameters()?;
     let resp = g
         .stack
         .clone()

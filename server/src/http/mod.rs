@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -39,10 +40,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready),
         )
-        .route("/v2/models/{model}/infer", post(infer::infer))
+        .route(
+            "/v2/models/{model}/infer",
+            post(infer::infer).route_layer(from_fn_with_state(Arc::clone(&gateway), infer::admit)),
+        )
         .route(
             "/v2/models/{model}/versions/{version}/infer",
-            post(infer::infer),
+            post(infer::infer).route_layer(from_fn_with_state(Arc::clone(&gateway), infer::admit)),
         )
         .route("/v2/models/{model}/config", get(model_config))
         .route(

@@ -1,18 +1,19 @@
 //! Execute: the innermost service. Hands validated inputs to the model version's worker
-//! threads, records Triton statistics, and keeps the requested outputs.
+//! threads, records the execution (rows, compute split, batch size), and keeps the requested
+//! outputs.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use futures::future::BoxFuture;
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::core::{InferRequest, InferResponse};
-use crate::error::{BoxError, ServeError};
+use crate::error::{BoxError, ErrorKind, ServeError};
 use crate::metrics::{Metrics, ModelLabels};
 
-/// Runs a resolved, validated request on its model version.
+/// Runs a resolved, validated request (possibly a whole batch) on its model version.
 #[derive(Clone)]
 pub struct Execute {
     metrics: Arc<Metrics>,
@@ -22,6 +23,14 @@ impl Execute {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self { metrics }
     }
+}
+
+/// The error of a request whose deadline passed before it could start.
+pub fn deadline_exceeded(model: &str) -> ServeError {
+    ServeError::new(
+        ErrorKind::DeadlineExceeded,
+        format!("request to model '{model}' timed out before it could start"),
+    )
 }
 
 impl Service<InferRequest> for Execute {
@@ -40,54 +49,37 @@ impl Service<InferRequest> for Execute {
                 .target
                 .take()
                 .ok_or_else(|| ServeError::internal("request reached execution unresolved"))?;
-            let start = Instant::now();
-            let batch = if target.config.max_batch_size > 0 {
-                req.inputs
-                    .first()
-                    .and_then(|i| i.tensor.shape().first())
-                    .map_or(1, |&b| b.max(0) as usize)
+            if req.deadline.is_some_and(|d| Instant::now() >= d) {
+                metrics.reject(&target.name, "deadline");
+                return Err(deadline_exceeded(&target.name).into());
+            }
+            let rows = if target.config.max_batch_size > 0 {
+                req.rows()
             } else {
                 1
             };
             let inputs = std::mem::take(&mut req.inputs);
-            let result = match target.model.infer(inputs) {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            let output = match result {
-                Ok(output) => output,
-                Err(e) => {
-                    target.stats.record_failure(start.elapsed());
-                    return Err(e.into());
-                }
-            };
-            target
-                .stats
-                .record_success(batch, start.elapsed(), &output.timings);
+            let output = target.model.infer(inputs)?.await?;
+            target.stats.record_execution(rows, &output.timings);
             let labels = ModelLabels {
                 model: target.name.clone(),
                 version: target.version_label.clone(),
             };
-            metrics
-                .queue_duration
-                .get_or_create(&labels)
-                .observe(output.timings.queue.as_secs_f64());
-            let compute = output.timings.input + output.timings.infer + output.timings.output;
+            let t = &output.timings;
             metrics
                 .compute_duration
                 .get_or_create(&labels)
-                .observe(compute.as_secs_f64());
+                .observe((t.input + t.infer + t.output).as_secs_f64());
+            metrics
+                .batch_size
+                .get_or_create(&labels)
+                .observe(rows as f64);
             let mut outputs = output.outputs;
             if !req.outputs.is_empty() {
                 outputs = req
                     .outputs
                     .iter()
-                    .filter_map(|name| {
-                        outputs
-                            .iter()
-                            .position(|o| &*o.name == name)
-                            .map(|i| outputs[i].clone())
-                    })
+                    .filter_map(|name| outputs.iter().find(|o| &*o.name == name).cloned())
                     .collect();
             }
             Ok(InferResponse {
@@ -96,6 +88,7 @@ impl Service<InferRequest> for Execute {
                 id: req.id,
                 parameters: Vec::new(),
                 outputs,
+                timings: output.timings,
             })
         })
     }

@@ -1,5 +1,8 @@
 //! The tower middleware of the inference stack, one concern per module.
 
+pub mod account;
+pub mod batch;
+pub mod cache;
 pub mod execute;
 pub mod observe;
 pub mod resolve;

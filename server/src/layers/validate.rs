@@ -2,7 +2,6 @@
 //! request gets a precise 400 and never reaches a backend.
 
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use futures::future::{Either, Ready, ready};
 use infergate_runtime::Signature;
@@ -51,10 +50,7 @@ where
         };
         match check(&req, target) {
             Ok(()) => Either::Right(self.inner.call(req)),
-            Err(e) => {
-                target.stats.record_failure(Duration::ZERO);
-                Either::Left(ready(Err(e.into())))
-            }
+            Err(e) => Either::Left(ready(Err(e.into()))),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod gateway;
 mod grpc;
 mod http;
 mod lifecycle;

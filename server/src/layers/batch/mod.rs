@@ -1,0 +1,451 @@
+//! Batch: dynamic batching per model version, built like tower's buffer. A cheap handle per
+//! version sends each request, with a oneshot for its answer, to a worker task that forms
+//! batches whenever an instance is free (so batches grow while all are busy), concatenates
+//! inputs along the first dimension, runs the batch through the inner service once, and
+//! splits the outputs back. Expired requests fail unrun; abandoned ones are dropped and counted.
+
+mod queue;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures::future::{BoxFuture, Either, Ready, ready};
+use infergate_config::DynamicBatching;
+use infergate_runtime::{NamedTensor, Tensor, TensorData};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+pub use queue::{BatchQueue, Decision, Pending, Pruned, ShapeKey};
+
+use crate::core::{InferRequest, InferResponse};
+use crate::error::{BoxError, ErrorKind, ServeError};
+use crate::layers::execute::deadline_exceeded;
+use crate::metrics::Metrics;
+
+/// Adds [`Batch`].
+#[derive(Clone)]
+pub struct BatchLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl BatchLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for BatchLayer {
+    type Service = Batch<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Batch {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// Sends requests of batching models to their version's batcher; others pass straight on.
+#[derive(Clone)]
+pub struct Batch<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type Reply = Result<InferResponse, BoxError>;
+
+impl<S> Service<InferRequest> for Batch<S>
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = InferResponse;
+    type Error = BoxError;
+    type Future = Either<S::Future, Either<Ready<Reply>, BoxFuture<'static, Reply>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: InferRequest) -> Self::Future {
+        let Some(target) = req.target.clone() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let Some(settings) = target.config.batching() else {
+            return Either::Left(self.inner.call(req));
+        };
+        let handle = target.batcher.get_or_init(|| {
+            BatchHandle::spawn(
+                self.inner.clone(),
+                settings.clone(),
+                target.config.max_batch_size as usize,
+                target.instances,
+                target.name.clone(),
+                Arc::clone(&self.metrics),
+            )
+        });
+        Either::Right(handle.submit(req))
+    }
+}
+
+/// The per-version sender side of a batcher. Dropping it (with its model version) ends the
+/// worker once the queue is empty.
+pub struct BatchHandle {
+    tx: mpsc::UnboundedSender<Pending>,
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
+    levels: u32,
+    name: String,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for BatchHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchHandle")
+            .field("queued", &self.queued)
+            .finish()
+    }
+}
+
+impl BatchHandle {
+    fn spawn<S>(
+        inner: S,
+        settings: DynamicBatching,
+        max_batch: usize,
+        instances: usize,
+        name: String,
+        metrics: Arc<Metrics>,
+    ) -> Self
+    where
+        S: Service<InferRequest, Response = InferResponse, Error = BoxError>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let handle = Self {
+            tx,
+            queued: Arc::clone(&queued),
+            max_queue: settings.max_queue_size,
+            levels: settings.priority_levels,
+            name: name.clone(),
+            metrics: Arc::clone(&metrics),
+        };
+        let worker = Worker {
+            inner,
+            queue: BatchQueue::new(settings, max_batch),
+            permits: Arc::new(Semaphore::new(instances.max(1))),
+            queued,
+            name,
+            metrics,
+        };
+        tokio::spawn(worker.run(rx));
+        handle
+    }
+
+    /// Requests waiting in this batcher.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    fn submit(&self, mut req: InferRequest) -> Either<Ready<Reply>, BoxFuture<'static, Reply>> {
+        if req.priority > self.levels {
+            return Either::Left(ready(Err(ServeError::invalid(format!(
+                "priority {} is out of range: model '{}' has {} priority levels (1 is the highest, 0 the default)",
+                req.priority, self.name, self.levels
+            ))
+            .into())));
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queue {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            self.metrics.reject(&self.name, "queue_full");
+            return Either::Left(ready(Err(ServeError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "model '{}' is overloaded: batch queue is full ({} requests)",
+                    self.name, self.max_queue
+                ),
+            )
+            .into())));
+        }
+        if let Some(target) = &req.target
+            && req.deadline.is_none()
+            && let Some(timeout) = target
+                .config
+                .batching()
+                .map(|b| b.default_timeout_us)
+                .filter(|&t| t > 0)
+        {
+            req.tighten_deadline(std::time::Duration::from_micros(timeout));
+        }
+        let (reply, rx) = oneshot::channel();
+        let pending = Pending {
+            rows: req.rows(),
+            key: ShapeKey::of(&req),
+            enqueued: Instant::now(),
+            req,
+            reply,
+        };
+        if self.tx.send(pending).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Either::Left(ready(Err(ServeError::new(
+                ErrorKind::NotReady,
+                "batcher stopped",
+            )
+            .into())));
+        }
+        Either::Right(Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(ServeError::internal("batch worker dropped the request").into())
+            })
+        }))
+    }
+}
+
+struct Worker<S> {
+    inner: S,
+    queue: BatchQueue,
+    permits: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+    name: String,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> Worker<S>
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Pending>) {
+        let mut open = true;
+        loop {
+            while let Ok(p) = rx.try_recv() {
+                self.queue.push(p);
+            }
+            if self.queue.is_empty() {
+                if !open {
+                    return;
+                }
+                match rx.recv().await {
+                    Some(p) => self.queue.push(p),
+                    None => open = false,
+                }
+                continue;
+            }
+            // Wait for a free instance; requests arriving meanwhile join the queue, so the next
+            // batch grows while every instance is busy.
+            let expiry = self.queue.earliest_deadline();
+            let permit = tokio::select! {
+                biased;
+                permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                // A request must fail at its deadline, not when an instance frees up.
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                    self.prune();
+                    continue;
+                }
+                msg = rx.recv(), if open => {
+                    match msg {
+                        Some(p) => self.queue.push(p),
+                        None => open = false,
+                    }
+                    continue;
+                }
+            };
+            self.prune();
+            match self.queue.next(Instant::now()) {
+                Decision::Empty => drop(permit),
+                Decision::WaitUntil(until) => {
+                    drop(permit);
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        msg = rx.recv(), if open => match msg {
+                            Some(p) => self.queue.push(p),
+                            None => open = false,
+                        },
+                    }
+                }
+                Decision::Run(batch) => {
+                    self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        execute(inner, batch).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+
+    fn prune(&mut self) {
+        let Pruned { expired, cancelled } = self.queue.prune(Instant::now());
+        self.queued
+            .fetch_sub(expired.len() + cancelled, Ordering::AcqRel);
+        for _ in 0..cancelled {
+            self.metrics.reject(&self.name, "cancelled");
+        }
+        for p in expired {
+            self.metrics.reject(&self.name, "deadline");
+            let _ = p.reply.send(Err(deadline_exceeded(&self.name).into()));
+        }
+    }
+}
+
+/// Runs one batch through the inner service and answers every request in it.
+async fn execute<S>(inner: S, mut batch: Vec<Pending>)
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
+{
+    let started = Instant::now();
+    if batch.len() == 1 {
+        let p = batch.pop().expect("one request");
+        let queued = started - p.enqueued;
+        let result = inner.oneshot(p.req).await.map(|mut resp| {
+            resp.timings.queue += queued;
+            resp
+        });
+        let _ = p.reply.send(result);
+        return;
+    }
+    let combined = match concat(&mut batch) {
+        Ok(req) => req,
+        Err(e) => return fail_all(batch, &e),
+    };
+    match inner.oneshot(combined).await {
+        Ok(resp) => split(batch, resp, started),
+        Err(e) => fail_all(batch, &ServeError::classify(e.as_ref())),
+    }
+}
+
+fn fail_all(batch: Vec<Pending>, e: &ServeError) {
+    for p in batch {
+        let _ = p.reply.send(Err(e.clone().into()));
+    }
+}
+
+/// One request whose inputs are the batch's inputs concatenated along the first dimension;
+/// it asks for every output (each request keeps its own selection when split).
+fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
+    let first = &batch[0].req;
+    let mut combined =
+        InferRequest::new(first.model.clone(), first.version.clone(), first.protocol);
+    combined.target = first.target.clone();
+    let total: usize = batch.iter().map(|p| p.rows).sum();
+    for input in &first.inputs {
+        let parts: Vec<&Tensor> = batch
+            .iter()
+            .map(|p| {
+                p.req
+                    .inputs
+                    .iter()
+                    .find(|i| i.name == input.name)
+                    .map(|i| &i.tensor)
+            })
+            .collect::<Option<_>>()
+            .ok_or_else(|| {
+                ServeError::internal(format!("batched request lacks input '{}'", input.name))
+            })?;
+        let mut shape = input.tensor.shape().to_vec();
+        shape[0] = total as i64;
+        let tensor = match input.tensor.data() {
+            TensorData::Fixed(_) => {
+                let mut data = BytesMut::with_capacity(parts.iter().map(|t| t.raw_len()).sum());
+                for t in &parts {
+                    if let TensorData::Fixed(b) = t.data() {
+                        data.extend_from_slice(b);
+                    }
+                }
+                Tensor::from_raw(input.tensor.dtype(), shape, data.freeze())
+            }
+            TensorData::Bytes(_) => {
+                let mut elements = Vec::new();
+                for t in &parts {
+                    if let TensorData::Bytes(e) = t.data() {
+                        elements.extend(e.iter().cloned());
+                    }
+                }
+                Tensor::from_elements(shape, elements)
+            }
+        }
+        .map_err(|e| ServeError::internal(format!("cannot batch input '{}': {e}", input.name)))?;
+        combined
+            .inputs
+            .push(NamedTensor::new(Arc::clone(&input.name), tensor));
+    }
+    Ok(combined)
+}
+
+/// Rows `[start, start + rows)` of a tensor whose first dimension is the batch.
+fn slice_rows(t: &Tensor, start: usize, rows: usize, total: usize) -> Result<Tensor, ServeError> {
+    let mut shape = t.shape().to_vec();
+    shape[0] = rows as i64;
+    let per_row = t.len() / total.max(1);
+    let result = match t.data() {
+        TensorData::Fixed(b) => {
+            let size = t.dtype().size().unwrap_or(1) * per_row;
+            Tensor::from_raw(
+                t.dtype(),
+                shape,
+                b.slice(start * size..(start + rows) * size),
+            )
+        }
+        TensorData::Bytes(e) => {
+            Tensor::from_elements(shape, e[start * per_row..(start + rows) * per_row].to_vec())
+        }
+    };
+    result.map_err(|e| ServeError::internal(format!("cannot split batch output: {e}")))
+}
+
+fn split(batch: Vec<Pending>, resp: InferResponse, started: Instant) {
+    let total: usize = batch.iter().map(|p| p.rows).sum();
+    if let Some(bad) = resp
+        .outputs
+        .iter()
+        .find(|o| o.tensor.shape().first() != Some(&(total as i64)))
+    {
+        let e = ServeError::internal(format!(
+            "output '{}' has shape {:?}, which does not split into a batch of {total} rows",
+            bad.name,
+            bad.tensor.shape()
+        ));
+        return fail_all(batch, &e);
+    }
+    let mut start = 0;
+    for p in batch {
+        let wanted =
+            |name: &str| p.req.outputs.is_empty() || p.req.outputs.iter().any(|o| o == name);
+        let mut outputs = Vec::with_capacity(resp.outputs.len());
+        let mut failed = None;
+        for o in resp.outputs.iter().filter(|o| wanted(&o.name)) {
+            match slice_rows(&o.tensor, start, p.rows, total) {
+                Ok(t) => outputs.push(NamedTensor::new(Arc::clone(&o.name), t)),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if !p.req.outputs.is_empty() {
+            outputs.sort_by_key(|o| p.req.outputs.iter().position(|n| *n == *o.name));
+        }
+        start += p.rows;
+        let mut timings = resp.timings;
+        timings.queue += started - p.enqueued;
+        let answer = match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(InferResponse {
+                model_name: resp.model_name.clone(),
+                model_version: resp.model_version.clone(),
+                id: p.req.id,
+                parameters: Vec::new(),
+                outputs,
+                timings,
+            }),
+        };
+        let _ = p.reply.send(answer);
+    }
+}
