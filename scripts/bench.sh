@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # `make bench`: release build, benchmark fixture models from the recipe, infergate on loopback,
-# the standard suite (in-process ceiling, HTTP JSON / binary / gRPC sweeps, oha cross-check),
-# then BENCHMARKS.md and bench/*.svg are rewritten. Bounded: every run has a fixed duration.
+# the standard suite, then BENCHMARKS.md and bench/*.svg are rewritten. Every run is bounded.
+#   1. in-process ceiling: one ONNX Runtime session, 1 intra-op thread, batch 1 and 32
+#   2. HTTP JSON / HTTP binary / gRPC sweeps, batching off (MODEL) and on (MODEL_batch)
+#   3. the cache hit path (mlp_small_cache, one distinct request)
+#   4. overload: concurrency 512 against a batch queue bound of 256 (mlp_small_overload)
+#   5. cross-check with oha: server pinned to core 0, each client to core 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,18 +32,25 @@ for model in mlp_small mlp_large; do
   done
 done
 
-echo "== infergate on loopback"
-target/release/infergate serve --model-repository "$OUT/models" \
-  --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
-  > "$OUT/server.out" 2> "$OUT/server.log" &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 1 300); do grep -q "infergate serving" "$OUT/server.out" 2>/dev/null && break; sleep 0.1; done
-HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$OUT/server.out")
-GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$OUT/server.out")
-[ -n "$HTTP" ] || { echo "server did not start"; cat "$OUT/server.log"; exit 1; }
+# start_server NAME [taskset-prefix...]: serves $OUT/models, sets HTTP, GRPC, SERVER.
+start_server() {
+  local name=$1; shift
+  "$@" target/release/infergate serve --model-repository "$OUT/models" \
+    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
+    > "$OUT/$name.out" 2> "$OUT/$name.log" &
+  SERVER=$!
+  for _ in $(seq 1 300); do grep -q "infergate serving" "$OUT/$name.out" 2>/dev/null && break; sleep 0.1; done
+  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+  ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$OUT/$name.out")
+  [ -n "$HTTP" ] || { echo "server did not start"; cat "$OUT/$name.log"; exit 1; }
+}
+stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+trap stop_server EXIT
 
-for model in mlp_small mlp_large; do
+echo "== infergate on loopback"
+start_server server
+for model in mlp_small mlp_small_batch mlp_large mlp_large_batch; do
   for protocol in http-json http-binary grpc; do
     url="http://$HTTP"; [ "$protocol" = grpc ] && url="grpc://$GRPC"
     echo "== $model $protocol concurrency $SWEEP"
@@ -49,20 +60,38 @@ for model in mlp_small mlp_large; do
   done
 done
 
-OHA=${OHA:-.tools/bin/oha}
-if [ -x "$OHA" ]; then
-  echo "== cross-check with oha (HTTP JSON, mlp_small, same body)"
-  "$VENV_PY" -c 'import json,random; random.seed(1); print(json.dumps({"inputs":[{"name":"input","shape":[1,64],"datatype":"FP32","data":[round(random.uniform(-1,1),4) for _ in range(64)]}]}))' > "$OUT/body.json"
-  for c in 8 32; do
-    "$OHA" -z "$DURATION" -c "$c" -m POST -T application/json -D "$OUT/body.json" --no-tui \
-      --output-format json "http://$HTTP/v2/models/mlp_small/infer" > "$OUT/results/oha_c$c.json"
-    "$LOADTEST" --url "http://$HTTP" --model mlp_small --input-file "$OUT/body.json" --concurrency "$c" \
-      --duration "$DURATION" --warmup 0s --json > "$OUT/results/loadtest_c$c.json"
-  done
-else
-  echo "== oha not installed ($OHA): skipping the cross-check (make bench-tools installs it)"
-fi
+echo "== cache hit path (mlp_small_cache, one distinct request)"
+"$LOADTEST" --url "grpc://$GRPC" --protocol grpc --model mlp_small_cache --distinct 1 --concurrency 1,32 \
+  --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/cache_grpc.json"
+"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_cache --distinct 1 --concurrency 1,32 \
+  --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/cache_http-binary.json"
 
-kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; trap - EXIT
+echo "== overload: concurrency 512 against a queue bound of 256"
+rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
+echo "{\"rss_kb_before\": $(rss)}" > "$OUT/results/overload_rss_before.json"
+"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
+  --duration "$DURATION" --warmup "$WARMUP" --json --plot bench/overload_timeline.svg > "$OUT/results/overload.json"
+"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
+  --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/overload_again.json"
+echo "{\"rss_kb_after\": $(rss)}" > "$OUT/results/overload_rss_after.json"
+curl -s "http://$ADMIN/metrics" | grep -E '^infergate_rejected_requests_total' > "$OUT/results/overload_rejections.txt" || true
+stop_server
+
+OHA=${OHA:-.tools/bin/oha}
+if [ -x "$OHA" ] && command -v taskset >/dev/null; then
+  echo "== cross-check with oha (HTTP JSON, same body; server on core 0, client on core 1)"
+  "$VENV_PY" -c 'import json,random; random.seed(1); print(json.dumps({"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":[round(random.uniform(-1,1),4) for _ in range(784)]}]}))' > "$OUT/body.json"
+  start_server pinned taskset -c 0
+  for c in 8 32; do
+    taskset -c 1 "$OHA" -z "$DURATION" -c "$c" -m POST -T application/json -D "$OUT/body.json" --no-tui \
+      --output-format json "http://$HTTP/v2/models/mlp_large/infer" > "$OUT/results/oha_c$c.json"
+    taskset -c 1 "$LOADTEST" --threads 1 --url "http://$HTTP" --model mlp_large --input-file "$OUT/body.json" \
+      --concurrency "$c" --duration "$DURATION" --warmup 0s --json > "$OUT/results/loadtest_c$c.json"
+  done
+  stop_server
+else
+  echo "== oha or taskset missing: skipping the cross-check (make bench-tools installs oha)"
+fi
+trap - EXIT
 python3 scripts/bench_report.py "$OUT/results" "$DURATION" "$WARMUP" "$SWEEP" > BENCHMARKS.md
 echo "== BENCHMARKS.md written"

@@ -1,6 +1,5 @@
 #!/usr/bin/env python3
 """Renders .bench/results/*.json into BENCHMARKS.md (standard library only)."""
-import glob
 import json
 import os
 import platform
@@ -16,6 +15,15 @@ def load(name):
         return None
     with open(path) as f:
         return json.load(f)
+
+
+def runs(name):
+    doc = load(name)
+    return [] if doc is None else doc.get("results", [doc])
+
+
+def at(name, concurrency):
+    return next((r for r in runs(name) if r.get("concurrency") == concurrency), None)
 
 
 def cpu_model():
@@ -34,18 +42,18 @@ out = []
 w = out.append
 w("# Benchmarks\n")
 w("Written by `make bench` (`scripts/bench.sh`); rerun it to refresh this file and `bench/*.svg`.\n")
-w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same cores as the server")
-w(f"- commit: `{commit}`; release build; each scenario {duration} measured after a {warmup} warm-up; batch-1 requests")
+w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same two cores as the server, so every server number below is also limited by the client's CPU (its cost per request is in the tables)")
+w(f"- commit: `{commit}`; release build; each scenario {duration} measured after a {warmup} warm-up; batch-1 requests; closed loop")
 w("- models: `mlp_small` (FP32 64→256→256→10, Gemm+Relu) and `mlp_large` (784→1024→1024→10), built by "
-  "`models/recipes/make_models.py --bench`; server config `instances = 2`, `intra_op_threads = 1`, `max_batch_size = 128`")
-w("- dynamic batching is not built yet (issue 3), so every row below is \"batching off\"; the response cache (issue 3) is not built either\n")
+  "`models/recipes/make_models.py --bench`; every variant serves the same weights with `instances = 2`, `intra_op_threads = 1`, "
+  "`max_batch_size = 128`; `_batch` adds `[dynamic_batching]` with `max_queue_delay_us = 0` (batches form while both instances are busy)\n")
 
+ceilings = {}
 w("## In-process ceiling\n")
 w("One ONNX Runtime session, 1 intra-op thread, called in a loop on one thread "
   "(`target/release/examples/ort_ceiling MODEL BATCH SECONDS`).\n")
 w("| model | batch | calls/s | rows/s | p50 ms | p99 ms |")
 w("|---|---:|---:|---:|---:|---:|")
-ceilings = {}
 for model in ("mlp_small", "mlp_large"):
     for batch in (1, 32):
         c = load(f"ceiling_{model}_b{batch}.json")
@@ -54,49 +62,116 @@ for model in ("mlp_small", "mlp_large"):
             w(f"| {model} | {batch} | {c['calls_per_s']:.0f} | {c['rows_per_s']:.0f} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} |")
 w("")
 
-w("## infergate, closed loop\n")
-w(f"`infergate-loadtest --url URL --protocol P --model M --concurrency {sweep} --duration {duration} --warmup {warmup} --json --plot bench/M_P.svg`\n")
-for model in ("mlp_small", "mlp_large"):
-    w(f"### {model}\n")
-    base = ceilings.get((model, 1))
-    w("| protocol | concurrency | req/s | × ceiling (batch-1 calls/s) | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | client cpu % | client µs/req | server queue µs | server infer µs |")
-    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for protocol in ("http-json", "http-binary", "grpc"):
-        doc = load(f"{model}_{protocol}.json")
-        if not doc:
-            continue
-        for r in doc.get("results", [doc]):
-            ratio = f"{r['throughput'] / base['calls_per_s']:.2f}" if base else "-"
-            s = r.get("server") or {}
-            w(f"| {protocol} | {r['concurrency']} | {r['throughput']:.0f} | {ratio} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
-              f"{r['p99_ms']:.3f} | {r['p999_ms']:.3f} | {r['errors']} | {r['client_cpu_percent']:.0f} | {r['client_cpu_us_per_request']:.1f} | "
-              f"{s.get('avg_queue_us', 0):.0f} | {s.get('avg_compute_infer_us', 0):.0f} |")
+# Targets of the gateway-stack issue, checked against this run.
+w("## Targets (2 cores, load generator included)\n")
+w("| target | measured | verdict |")
+w("|---|---|---|")
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+small1 = ceilings.get(("mlp_small", 1), {}).get("calls_per_s")
+large32 = ceilings.get(("mlp_large", 32), {}).get("rows_per_s")
+for protocol, need in (("http-json", 0.25), ("grpc", 0.30)):
+    r = at(f"mlp_small_batch_{protocol}.json", 32)
+    if r and small1:
+        ratio = r["throughput"] / small1
+        w(f"| mlp_small, c32, batching on, {protocol}: ≥ {need} × in-process batch-1 calls/s | {r['throughput']:.0f} req/s = {ratio:.2f} × | {verdict(ratio >= need)} |")
+for protocol in ("http-json", "http-binary", "grpc"):
+    r = at(f"mlp_large_batch_{protocol}.json", 32)
+    if r and large32:
+        ratio = r["throughput"] / large32
+        w(f"| mlp_large, c32, batching on, {protocol}: ≥ 0.8 × in-process batch-32 rows/s | {r['throughput']:.0f} req/s = {ratio:.2f} × | {verdict(ratio >= 0.8)} |")
+for protocol in ("grpc", "http-binary"):
+    r = at(f"mlp_small_{protocol}.json", 1)
+    if r:
+        ok = r["p50_ms"] <= 0.12 and r["p99_ms"] <= 0.3
+        w(f"| mlp_small, c1, {protocol}: p50 ≤ 0.12 ms, p99 ≤ 0.3 ms | p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms | {verdict(ok)} |")
+over = runs("overload.json") + runs("overload_again.json")
+before, after = load("overload_rss_before.json"), load("overload_rss_after.json")
+if over and before and after:
+    classes = set()
+    for r in over:
+        classes.update(r["errors_by_class"])
+    only_503 = classes <= {"http 503"}
+    growth = after["rss_kb_after"] / max(before["rss_kb_before"], 1) - 1
+    p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in over)
+    w(f"| overload, c512 vs queue bound 256: only successes or 503, memory flat | errors {sorted(classes) or 'none'}; p99 of successes {p99s} ms (two runs); RSS {before['rss_kb_before'] // 1024} → {after['rss_kb_after'] // 1024} MiB ({100 * growth:+.0f}%) | {verdict(only_503)} |")
+w("")
+
+
+def sweep_table(models):
+    w("| model | protocol | concurrency | req/s | × ceiling | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | avg batch | server queue µs | server infer µs | client cpu % | client µs/req |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model, base, per in models:
+        ceiling = ceilings.get((base, per), {}).get("calls_per_s" if per == 1 else "rows_per_s")
+        for protocol in ("http-json", "http-binary", "grpc"):
+            for r in runs(f"{model}_{protocol}.json"):
+                s = r.get("server") or {}
+                ratio = f"{r['throughput'] / ceiling:.2f}" if ceiling else "-"
+                w(f"| {model} | {protocol} | {r['concurrency']} | {r['throughput']:.0f} | {ratio} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | "
+                  f"{r['p99_ms']:.3f} | {r['p999_ms']:.3f} | {r['errors']} | {s.get('avg_batch_size', 0):.1f} | {s.get('avg_queue_us', 0):.0f} | "
+                  f"{s.get('avg_compute_infer_us', 0):.0f} | {r['client_cpu_percent']:.0f} | {r['client_cpu_us_per_request']:.1f} |")
     w("")
+
+
+w("## Sweeps\n")
+w(f"`infergate-loadtest --url URL --protocol P --model M --concurrency {sweep} --duration {duration} --warmup {warmup} --json --plot bench/M_P.svg`. "
+  "`× ceiling` is throughput over the in-process batch-1 call rate for `mlp_small` and over the batch-32 row rate for `mlp_large`. "
+  "`avg batch`, `server queue µs` and `server infer µs` come from the server's statistics API (per request; infer is per execution).\n")
+w("### mlp_small\n")
+sweep_table([("mlp_small", "mlp_small", 1), ("mlp_small_batch", "mlp_small", 1)])
+w("### mlp_large\n")
+sweep_table([("mlp_large", "mlp_large", 32), ("mlp_large_batch", "mlp_large", 32)])
+for model in ("mlp_small", "mlp_small_batch", "mlp_large", "mlp_large_batch"):
     for protocol in ("http-json", "http-binary", "grpc"):
         if os.path.exists(f"bench/{model}_{protocol}.svg"):
             w(f"![{model} {protocol}](bench/{model}_{protocol}.svg)")
-    w("")
+w("")
+
+w("## Cache hit path\n")
+w("`mlp_small_cache` (response cache on) with `--distinct 1`: after the first request every request is a verified hit.\n")
+w("| protocol | concurrency | req/s | p50 ms | p99 ms | errors |")
+w("|---|---:|---:|---:|---:|---:|")
+for protocol in ("grpc", "http-binary"):
+    for r in runs(f"cache_{protocol}.json"):
+        w(f"| {protocol} | {r['concurrency']} | {r['throughput']:.0f} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['errors']} |")
+w("")
+
+w("## Overload\n")
+w("`mlp_small_overload` has a batch queue bound of 256 (`max_queue_size`); 512 HTTP binary connections in closed loop, twice, "
+  "server RSS read from /proc before and after. Successes' latency is bounded by the queue, the rest are 503 + Retry-After.\n")
+w("| run | req/s (successes) | errors | p50 ms | p99 ms | max ms |")
+w("|---|---:|---|---:|---:|---:|")
+for i, r in enumerate(over, 1):
+    w(f"| {i} | {r['throughput']:.0f} | {r['errors_by_class'] or 'none'} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['max_ms']:.3f} |")
+rej = os.path.join(results, "overload_rejections.txt")
+if os.path.exists(rej):
+    w("\nRejections counted by the server (`/metrics`):\n\n```")
+    w(open(rej).read().strip())
+    w("```")
+if os.path.exists("bench/overload_timeline.svg"):
+    w("\n![overload timeline](bench/overload_timeline.svg)")
+w("")
 
 w("## Cross-check with oha\n")
 rows = []
 for c in (8, 32):
     oha, lt = load(f"oha_c{c}.json"), load(f"loadtest_c{c}.json")
-    if not (oha and lt):
-        continue
-    summary = oha["summary"]
-    pct = oha.get("latencyPercentiles", {})
-    oha_rps = summary["requestsPerSec"]
-    oha_p50 = pct.get("p50", 0) * 1000
-    oha_p99 = pct.get("p99", 0) * 1000
-    rows.append((c, oha_rps, lt["throughput"], oha_p50, lt["p50_ms"], oha_p99, lt["p99_ms"]))
+    if oha and lt:
+        pct = oha.get("latencyPercentiles", {})
+        rows.append((c, oha["summary"]["requestsPerSec"], lt["throughput"], pct.get("p50", 0) * 1000, lt["p50_ms"], pct.get("p99", 0) * 1000, lt["p99_ms"]))
 if rows:
-    w("Same server, model `mlp_small`, HTTP JSON, the same request body, closed loop, run one after the other: "
-      f"`oha -z {duration} -c C -m POST -T application/json -D body.json --no-tui --output-format json URL` against "
-      f"`infergate-loadtest --input-file body.json --concurrency C --duration {duration}`.\n")
-    w("| concurrency | oha req/s | loadtest req/s | Δ | oha p50 ms | loadtest p50 ms | oha p99 ms | loadtest p99 ms |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("Same server (pinned to core 0 with `taskset -c 0`), model `mlp_large`, HTTP JSON, the same request body, closed loop; "
+      f"each client pinned to core 1 and run one after the other: `oha -z {duration} -c C -m POST -T application/json -D body.json --no-tui --output-format json URL` "
+      f"and `infergate-loadtest --threads 1 --input-file body.json --concurrency C --duration {duration}`. "
+      "Pinning keeps the two clients' different CPU costs from changing what the server gets.\n")
+    w("| concurrency | oha req/s | loadtest req/s | Δ req/s | oha p50 ms | loadtest p50 ms | Δ p50 | oha p99 ms | loadtest p99 ms |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c, orps, lrps, op50, lp50, op99, lp99 in rows:
-        w(f"| {c} | {orps:.0f} | {lrps:.0f} | {100 * (lrps - orps) / orps:+.1f}% | {op50:.3f} | {lp50:.3f} | {op99:.3f} | {lp99:.3f} |")
+        w(f"| {c} | {orps:.0f} | {lrps:.0f} | {100 * (lrps - orps) / orps:+.1f}% | {op50:.3f} | {lp50:.3f} | {100 * (lp50 - op50) / op50:+.1f}% | {op99:.3f} | {lp99:.3f} |")
 else:
     w("oha was not installed when this was written (`make bench-tools`), so there is no cross-check.")
 w("")

@@ -124,12 +124,28 @@ def mlp(name, sizes, seed):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
 
 
+BENCH_BASE = "max_batch_size = 128\ninstances = 2\nintra_op_threads = 1\n"
+BENCH_VARIANTS = {
+    # name suffix: extra config
+    "": "",
+    "_batch": "\n[dynamic_batching]\nmax_queue_delay_us = 0\nmax_queue_size = 4096\n",
+    "_cache": "\n[response_cache]\nmax_bytes = 67108864\n",
+    "_overload": "\n[dynamic_batching]\nmax_queue_delay_us = 0\nmax_queue_size = 256\n",
+}
+
+
 def bench(repo):
-    save(mlp("mlp_small", [64, 256, 256, 10], seed=11), repo, "mlp_small", 1)
-    save(mlp("mlp_large", [784, 1024, 1024, 10], seed=12), repo, "mlp_large", 1)
-    for name in ("mlp_small", "mlp_large"):
-        with open(os.path.join(repo, name, "config.toml"), "w") as f:
-            f.write("max_batch_size = 128\ninstances = 2\nintra_op_threads = 1\n")
+    """mlp_small / mlp_large, each as served plain, with dynamic batching, with a response
+    cache, and with a small batch queue (the overload scenario); same weights in all."""
+    models = {
+        "mlp_small": mlp("mlp_small", [64, 256, 256, 10], seed=11),
+        "mlp_large": mlp("mlp_large", [784, 1024, 1024, 10], seed=12),
+    }
+    for base, model in models.items():
+        for suffix, extra in BENCH_VARIANTS.items():
+            save(model, repo, base + suffix, 1)
+            with open(os.path.join(repo, base + suffix, "config.toml"), "w") as f:
+                f.write(BENCH_BASE + extra)
     print(f"benchmark models written to {repo}")
 
 
