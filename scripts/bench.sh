@@ -82,11 +82,14 @@ if [ -x "$OHA" ] && command -v taskset >/dev/null; then
   echo "== cross-check with oha (HTTP JSON, same body; server on core 0, client on core 1)"
   "$VENV_PY" -c 'import json,random; random.seed(1); print(json.dumps({"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":[round(random.uniform(-1,1),4) for _ in range(784)]}]}))' > "$OUT/body.json"
   start_server pinned taskset -c 0
+    # Alternate the two tools three times each: single runs on a shared machine vary by 10-20%.
   for c in 8 32; do
-    taskset -c 1 "$OHA" -z "$DURATION" -c "$c" -m POST -T application/json -D "$OUT/body.json" --no-tui \
-      --output-format json "http://$HTTP/v2/models/mlp_large/infer" > "$OUT/results/oha_c$c.json"
-    taskset -c 1 "$LOADTEST" --threads 1 --url "http://$HTTP" --model mlp_large --input-file "$OUT/body.json" \
-      --concurrency "$c" --duration "$DURATION" --warmup 0s --json > "$OUT/results/loadtest_c$c.json"
+    for i in 1 2 3; do
+      taskset -c 1 "$OHA" -z "$DURATION" -c "$c" -m POST -T application/json -D "$OUT/body.json" --no-tui \
+        --output-format json "http://$HTTP/v2/models/mlp_large/infer" > "$OUT/results/oha_c${c}_$i.json"
+      taskset -c 1 "$LOADTEST" --threads 1 --url "http://$HTTP" --model mlp_large --input-file "$OUT/body.json" \
+        --concurrency "$c" --duration "$DURATION" --warmup 0s --json > "$OUT/results/loadtest_c${c}_$i.json"
+    done
   done
   stop_server
 else
