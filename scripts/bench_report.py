@@ -41,7 +41,8 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=
 out = []
 w = out.append
 w("# Benchmarks\n")
-w("Written by `make bench` (`scripts/bench.sh`); rerun it to refresh this file and `bench/*.svg`.\n")
+w("Written by `make bench` (`scripts/bench.sh`); rerun it to refresh this file and `bench/*.svg`. "
+  "Where the time goes, from profiles of these scenarios: [bench/ANALYSIS.md](bench/ANALYSIS.md).\n")
 w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same two cores as the server, so every server number below is also limited by the client's CPU (its cost per request is in the tables)")
 w(f"- commit: `{commit}`; release build; each scenario {duration} measured after a {warmup} warm-up; batch-1 requests; closed loop")
 w("- models: `mlp_small` (FP32 64→256→256→10, Gemm+Relu) and `mlp_large` (784→1024→1024→10), built by "
