@@ -685,3 +685,37 @@ async fn global_concurrency_limit_sheds_with_503() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_deadline_inside_the_batching_window_fails_on_time() {
+    let settings = DynamicBatching {
+        max_queue_delay_us: 200_000,
+        ..DynamicBatching::default()
+    };
+    let (repo, factory) = fake(Behavior::Echo, batching(settings, 8), 1);
+    let gateway = Gateway::new(Config::default(), repo);
+    let mut req = request(1, 1.0);
+    req.parameters
+        .push(("timeout".into(), ParamValue::Int64(20_000)));
+    req.apply_parameters().unwrap();
+    let started = std::time::Instant::now();
+    let err = call(&gateway, req).await.unwrap_err();
+    assert_eq!(err.kind, ErrorKind::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "failed after {:?}, not at its deadline",
+        started.elapsed()
+    );
+    assert_eq!(factory.executions.load(Ordering::SeqCst), 0);
+    // Without a deadline, a lone request waits for the window and then runs.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        call(&gateway, request(1, 2.0)).await.unwrap(),
+        vec![2.0, 2.0]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(190),
+        "ran after {:?}",
+        started.elapsed()
+    );
+}

@@ -264,6 +264,11 @@ where
                 Decision::Empty => drop(permit),
                 Decision::WaitUntil(until) => {
                     drop(permit);
+                    // Wake for the window or for the first deadline, whichever comes first.
+                    let until = self
+                        .queue
+                        .earliest_deadline()
+                        .map_or(until, |d| d.min(until));
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => {}
                         msg = rx.recv(), if open => match msg {
