@@ -70,8 +70,9 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 bench: ort venv ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
 
-bench-tools: ## install oha (the independent HTTP load tool make bench cross-checks against) into .tools/
+bench-tools: ## install oha into .tools/ (and Debian's wrk when apt-get is usable): make bench cross-checks against them
 	$(CARGO) install oha --root .tools --locked
+	-command -v wrk >/dev/null || apt-get install -y -q wrk
 
 clean: ## remove build outputs and installed tools
 	$(CARGO) clean

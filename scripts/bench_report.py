@@ -163,6 +163,21 @@ def median(values):
     return values[len(values) // 2] if values else 0.0
 
 
+def wrk_run(path):
+    """(requests/s, p50 ms) from `wrk --latency` output."""
+    if not os.path.exists(path):
+        return None
+    rps = p50 = None
+    for line in open(path):
+        parts = line.split()
+        if line.startswith("Requests/sec:"):
+            rps = float(parts[1])
+        elif parts[:1] == ["50%"]:
+            value = parts[1]
+            p50 = float(value[:-2]) if value.endswith("ms") else float(value[:-2]) / 1000 if value.endswith("us") else float(value[:-1]) * 1000
+    return (rps, p50) if rps else None
+
+
 rows = []
 for c in (8, 32):
     ohas = [d for d in (load(f"oha_c{c}_{i}.json") for i in (1, 2, 3)) if d]
@@ -190,6 +205,20 @@ if rows:
     w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for c, orps, lrps, op50, lp50, op99, lp99, oruns, lruns in rows:
         w(f"| {c} | {orps:.0f} | {lrps:.0f} | {100 * (lrps - orps) / orps:+.1f}% | {op50:.3f} | {lp50:.3f} | {100 * (lp50 - op50) / op50:+.1f}% | {op99:.3f} | {lp99:.3f} | {oruns} | {lruns} |")
+    wrk_rows = []
+    for c in (8, 32):
+        runs_w = [r for r in (wrk_run(os.path.join(results, f"wrk_c{c}_{i}.txt")) for i in (1, 2, 3)) if r]
+        lts = [d for d in (load(f"loadtest_c{c}_{i}.json") for i in (1, 2, 3)) if d]
+        if runs_w and lts:
+            wrk_rows.append((c, median([r[0] for r in runs_w]), median([d["throughput"] for d in lts]),
+                             median([r[1] for r in runs_w]), median([d["p50_ms"] for d in lts]), [round(r[0]) for r in runs_w]))
+    if wrk_rows:
+        w("")
+        w("A second independent tool in the same rounds: `wrk -t1 -cC -dD --latency -s post.lua URL` (Debian's wrk 4.1, same body, pinned to core 1).\n")
+        w("| concurrency | wrk req/s | loadtest req/s | Δ req/s | wrk p50 ms | loadtest p50 ms | Δ p50 | wrk runs |")
+        w("|---:|---:|---:|---:|---:|---:|---:|---|")
+        for c, wrps, lrps, wp50, lp50, wruns in wrk_rows:
+            w(f"| {c} | {wrps:.0f} | {lrps:.0f} | {100 * (lrps - wrps) / wrps:+.1f}% | {wp50:.3f} | {lp50:.3f} | {100 * (lp50 - wp50) / wp50:+.1f}% | {wruns} |")
 else:
     w("oha was not installed when this was written (`make bench-tools`), so there is no cross-check.")
 w("")
