@@ -113,6 +113,55 @@ impl VersionPolicy {
 }
 
 impl ModelConfig {
+    /// Problems in the admission, batching and cache settings, each prefixed with `origin`.
+    fn check_sections(&self, origin: &str) -> Vec<String> {
+        let mut errors = Vec::new();
+        if self.max_concurrent_requests == Some(0) {
+            errors.push(format!(
+                "{origin}: max_concurrent_requests must be at least 1"
+            ));
+        }
+        if let Some(b) = &self.dynamic_batching {
+            if b.priority_levels == 0 {
+                errors.push(format!(
+                    "{origin}: dynamic_batching.priority_levels must be at least 1"
+                ));
+            }
+            if b.default_priority_level == 0 || b.default_priority_level > b.priority_levels {
+                errors.push(format!(
+                    "{origin}: dynamic_batching.default_priority_level must be between 1 and priority_levels ({})",
+                    b.priority_levels
+                ));
+            }
+            if b.max_queue_size == 0 {
+                errors.push(format!(
+                    "{origin}: dynamic_batching.max_queue_size must be at least 1"
+                ));
+            }
+            if self.max_batch_size > 0
+                && let Some(size) = b
+                    .preferred_batch_sizes
+                    .iter()
+                    .find(|&&s| s == 0 || s > self.max_batch_size)
+            {
+                errors.push(format!(
+                    "{origin}: preferred batch size {size} must be between 1 and max_batch_size ({})",
+                    self.max_batch_size
+                ));
+            }
+        }
+        if self
+            .response_cache
+            .as_ref()
+            .is_some_and(|c| c.max_bytes == 0)
+        {
+            errors.push(format!(
+                "{origin}: response_cache.max_bytes must be greater than 0"
+            ));
+        }
+        errors
+    }
+
     /// The batching settings in force: none when the model has no batch dimension.
     pub fn batching(&self) -> Option<&DynamicBatching> {
         self.dynamic_batching
@@ -146,6 +195,7 @@ impl ModelConfig {
                 path.display()
             ));
         }
+        errors.extend(config.check_sections(&path.display().to_string()));
         if errors.is_empty() {
             Ok(config)
         } else {

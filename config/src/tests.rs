@@ -120,3 +120,54 @@ fn the_documented_config_file_states_the_defaults() {
         "config/infergate.toml drifted from the defaults"
     );
 }
+
+#[test]
+fn model_config_batching_cache_and_limits_are_validated_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(
+        &path,
+        "max_batch_size = 8\nmax_concurrent_requests = 4\n[dynamic_batching]\nmax_queue_delay_us = 100\npreferred_batch_sizes = [4, 8]\npriority_levels = 2\ndefault_priority_level = 2\n[response_cache]\nttl_ms = 1000\n",
+    )
+    .unwrap();
+    let config = ModelConfig::load(&path).unwrap();
+    let batching = config.batching().unwrap();
+    assert_eq!(
+        (batching.max_queue_delay_us, batching.priority_levels),
+        (100, 2)
+    );
+    assert_eq!(config.response_cache.unwrap().ttl_ms, Some(1000));
+    std::fs::write(
+        &path,
+        "max_batch_size = 8\nmax_concurrent_requests = 0\n[dynamic_batching]\npreferred_batch_sizes = [16]\npriority_levels = 2\ndefault_priority_level = 3\nmax_queue_size = 0\n[response_cache]\nmax_bytes = 0\n",
+    )
+    .unwrap();
+    let err = ModelConfig::load(&path).unwrap_err().to_string();
+    for fragment in [
+        "max_concurrent_requests must be at least 1",
+        "preferred batch size 16 must be between 1 and max_batch_size (8)",
+        "default_priority_level must be between 1 and priority_levels (2)",
+        "max_queue_size must be at least 1",
+        "response_cache.max_bytes must be greater than 0",
+    ] {
+        assert!(err.contains(fragment), "missing {fragment:?} in {err}");
+    }
+    // Batching needs a batch dimension: with max_batch_size 0 it is off, not an error.
+    std::fs::write(&path, "max_batch_size = 0\n[dynamic_batching]\n").unwrap();
+    assert!(ModelConfig::load(&path).unwrap().batching().is_none());
+}
+
+#[test]
+fn limits_are_validated() {
+    let vars = env(&[
+        ("INFERGATE_LIMITS__RATE_LIMIT_PER_SECOND", "5"),
+        ("INFERGATE_LIMITS__RATE_LIMIT_BURST", "0"),
+    ]);
+    let err = Config::load(None, vars, &Overrides::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("limits.rate_limit_burst must be at least 1"),
+        "{err}"
+    );
+}

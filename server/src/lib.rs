@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use infergate_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -133,8 +134,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut servers = tokio::task::JoinSet::new();
     let stop = shutdown.clone();
+    // Small responses must not wait for Nagle's algorithm.
+    let http_listener = listeners.http.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let http = axum::serve(
-        listeners.http,
+        http_listener,
         http::router(Arc::clone(&gateway)).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop.cancelled_owned());
