@@ -23,6 +23,19 @@ pub fn ort_runtime() -> OrtRuntime {
     OrtRuntime::init(&lib).unwrap()
 }
 
+/// Defaults with every listener on 127.0.0.1 and a port the OS picks.
+pub fn loopback_config() -> Config {
+    let mut config = Config::default();
+    for addr in [
+        &mut config.server.http_addr,
+        &mut config.server.grpc_addr,
+        &mut config.server.admin_addr,
+    ] {
+        *addr = "127.0.0.1:0".parse().unwrap();
+    }
+    config
+}
+
 pub struct TestServer {
     pub addrs: BoundAddrs,
     pub shutdown: CancellationToken,
@@ -37,10 +50,7 @@ impl TestServer {
     }
 
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::default();
-        config.server.http_addr = "127.0.0.1:0".parse().unwrap();
-        config.server.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        config.server.admin_addr = "127.0.0.1:0".parse().unwrap();
+        let mut config = loopback_config();
         config.models.repository = Some(repo_dir());
         configure(&mut config);
         let repository = Arc::new(Repository::new(

@@ -447,14 +447,7 @@ async fn deadlines_map_to_504_and_deadline_exceeded_over_the_wire() {
         batching(DynamicBatching::default(), 8),
         1,
     );
-    let mut config = Config::default();
-    for addr in [
-        &mut config.server.http_addr,
-        &mut config.server.grpc_addr,
-        &mut config.server.admin_addr,
-    ] {
-        *addr = "127.0.0.1:0".parse().unwrap();
-    }
+    let config = crate::common::loopback_config();
     let s = TestServer::serve(config, repo).await;
     let body = |timeout: Option<u64>| {
         let mut b = json!({"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]});
@@ -570,14 +563,7 @@ async fn admission_sheds_load_and_rate_limits_before_decoding() {
         ..ModelConfig::default()
     };
     let (repo, factory) = fake(Behavior::Slow(Duration::from_millis(300)), config_model, 2);
-    let mut config = Config::default();
-    for addr in [
-        &mut config.server.http_addr,
-        &mut config.server.grpc_addr,
-        &mut config.server.admin_addr,
-    ] {
-        *addr = "127.0.0.1:0".parse().unwrap();
-    }
+    let mut config = crate::common::loopback_config();
     config.limits.rate_limit_per_second = 1.0;
     config.limits.rate_limit_burst = 3;
     let s = TestServer::serve(config, repo).await;
@@ -650,14 +636,7 @@ async fn global_concurrency_limit_sheds_with_503() {
         ModelConfig::default(),
         2,
     );
-    let mut config = Config::default();
-    for addr in [
-        &mut config.server.http_addr,
-        &mut config.server.grpc_addr,
-        &mut config.server.admin_addr,
-    ] {
-        *addr = "127.0.0.1:0".parse().unwrap();
-    }
+    let mut config = crate::common::loopback_config();
     config.limits.max_concurrent_requests = 1;
     let listeners = Listeners::bind(&config.server).await.unwrap();
     drop(listeners);

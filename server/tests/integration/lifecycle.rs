@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use infergate_config::{Config, ModelConfig};
+use infergate_config::ModelConfig;
 use infergate_runtime::test_util::{Behavior, FakeFactory};
 use infergate_server::repository::Repository;
 use serde_json::json;
@@ -153,14 +153,7 @@ async fn a_broken_version_is_reported_and_the_rest_is_served() {
 
 #[tokio::test]
 async fn graceful_shutdown_answers_every_accepted_request() {
-    let mut config = Config::default();
-    for addr in [
-        &mut config.server.http_addr,
-        &mut config.server.grpc_addr,
-        &mut config.server.admin_addr,
-    ] {
-        *addr = "127.0.0.1:0".parse().unwrap();
-    }
+    let mut config = crate::common::loopback_config();
     config.runtime.instances = 2;
     let _ = ort_runtime();
     let repository = Arc::new(Repository::new(None, None, config.runtime.clone()));
