@@ -14,6 +14,7 @@ use infergate_runtime::{BackendFactory, Model, ModelOptions};
 use crate::error::ServeError;
 use crate::layers::batch::BatchHandle;
 use crate::layers::cache::ResponseCache;
+use crate::metrics::ModelLabels;
 use crate::stats::Stats;
 
 /// File name of an ONNX model inside a version folder.
@@ -31,6 +32,8 @@ pub struct ModelVersion {
     pub instances: usize,
     pub model: Model,
     pub stats: Stats,
+    /// Metric labels of this version, built once instead of per request.
+    pub labels: ModelLabels,
     /// sha256 of the model artifact (`sha256:<hex>`).
     pub digest: String,
     /// The dynamic batcher, started on first use when the model batches.
@@ -177,16 +180,9 @@ impl Repository {
         let instances = config.instances.unwrap_or(self.defaults.instances);
         let admission = self.admission(name).or_else(|| admission_for(&config));
         let digest = format!("inserted:{name}:{version}");
-        let loaded = Arc::new(new_version(
+        self.insert_version(new_version(
             name, version, model, config, instances, digest, admission,
         ));
-        self.models.rcu(|models| {
-            let mut models = BTreeMap::clone(models);
-            let entry = models.entry(name.to_string()).or_default();
-            entry.unloaded = false;
-            entry.versions.insert(version, Arc::clone(&loaded));
-            models
-        });
     }
 
     /// Serves a prepared version (e.g. with a custom cache), replacing one with its number.
@@ -364,6 +360,10 @@ fn new_version(
         name: name.to_string(),
         version,
         version_label: version.to_string(),
+        labels: ModelLabels {
+            model: name.to_string(),
+            version: version.to_string(),
+        },
         stats: Stats::new(config.max_batch_size as usize),
         cache: config
             .response_cache

@@ -11,7 +11,7 @@ use tower::{Layer, Service};
 
 use crate::core::{InferRequest, InferResponse};
 use crate::error::BoxError;
-use crate::metrics::{Metrics, ModelLabels};
+use crate::metrics::Metrics;
 use crate::repository::ModelVersion;
 
 /// Adds [`Account`].
@@ -91,13 +91,9 @@ where
             match &result {
                 Ok(resp) => {
                     target.stats.record_request(total, &resp.timings);
-                    let labels = ModelLabels {
-                        model: target.name.clone(),
-                        version: target.version_label.clone(),
-                    };
                     this.metrics
                         .queue_duration
-                        .get_or_create(&labels)
+                        .get_or_create(&target.labels)
                         .observe(resp.timings.queue.as_secs_f64());
                 }
                 Err(_) => target.stats.record_failure(total),

@@ -11,7 +11,7 @@ use tower::Service;
 
 use crate::core::{InferRequest, InferResponse};
 use crate::error::{BoxError, ErrorKind, ServeError};
-use crate::metrics::{Metrics, ModelLabels};
+use crate::metrics::Metrics;
 
 /// Runs a resolved, validated request (possibly a whole batch) on its model version.
 #[derive(Clone)]
@@ -61,18 +61,14 @@ impl Service<InferRequest> for Execute {
             let inputs = std::mem::take(&mut req.inputs);
             let output = target.model.infer(inputs)?.await?;
             target.stats.record_execution(rows, &output.timings);
-            let labels = ModelLabels {
-                model: target.name.clone(),
-                version: target.version_label.clone(),
-            };
             let t = &output.timings;
             metrics
                 .compute_duration
-                .get_or_create(&labels)
+                .get_or_create(&target.labels)
                 .observe((t.input + t.infer + t.output).as_secs_f64());
             metrics
                 .batch_size
-                .get_or_create(&labels)
+                .get_or_create(&target.labels)
                 .observe(rows as f64);
             let mut outputs = output.outputs;
             if !req.outputs.is_empty() {
