@@ -7,6 +7,7 @@ use std::time::Duration;
 use infergate_config::Config;
 use infergate_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
 use infergate_runtime::ort::{OrtRuntime, discover};
+use infergate_runtime::{DataType, Tensor};
 use infergate_server::repository::Repository;
 use infergate_server::{BoundAddrs, Listeners, RunArgs};
 use tokio::task::JoinHandle;
@@ -160,6 +161,34 @@ pub fn split_binary(
         serde_json::from_slice(&body[..n]).unwrap(),
         body[n..].to_vec(),
     )
+}
+
+/// Deterministic raw wire data for `count` elements of `datatype`: BOOL as 0/1, other
+/// fixed-size types as small byte values (finite floats), BYTES as `elements` length-prefixed.
+pub fn raw_sample(datatype: &str, count: usize, seed: usize, elements: &[&[u8]]) -> Vec<u8> {
+    let dtype = DataType::parse(datatype).expect("a V2 datatype");
+    match dtype.size() {
+        None => {
+            assert_eq!(elements.len(), count, "one BYTES element per position");
+            let elements = elements
+                .iter()
+                .map(|e| bytes::Bytes::copy_from_slice(e))
+                .collect();
+            Tensor::from_elements(vec![count as i64], elements)
+                .unwrap()
+                .to_raw()
+                .to_vec()
+        }
+        Some(size) => (0..count * size)
+            .map(|j| {
+                if dtype == DataType::Bool {
+                    (j % 2) as u8
+                } else {
+                    ((j * 7 + seed) % 60) as u8
+                }
+            })
+            .collect(),
+    }
 }
 
 /// Runs a model directly with the `ort` crate (a second implementation for golden checks).

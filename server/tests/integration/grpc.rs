@@ -203,30 +203,7 @@ async fn every_datatype_round_trips_as_raw_contents() {
     };
     let mut sent = Vec::new();
     for (i, (n, d)) in DTYPES.iter().enumerate() {
-        let raw: Vec<u8> = if *d == "BYTES" {
-            let mut raw = Vec::new();
-            for e in [&b"\xc3(bad utf-8"[..], b"", b"x", b"yz"] {
-                raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                raw.extend_from_slice(e);
-            }
-            raw
-        } else {
-            let size = match *d {
-                "BOOL" | "UINT8" | "INT8" => 1,
-                "UINT16" | "INT16" | "FP16" | "BF16" => 2,
-                "UINT32" | "INT32" | "FP32" => 4,
-                _ => 8,
-            };
-            (0..4 * size)
-                .map(|j| {
-                    if *d == "BOOL" {
-                        (j % 2) as u8
-                    } else {
-                        (j * 13 + i) as u8 % 50
-                    }
-                })
-                .collect()
-        };
+        let raw = crate::common::raw_sample(d, 4, i, &[b"\xc3(bad utf-8", b"", b"x", b"yz"]);
         req.inputs.push(input(&format!("in_{n}"), d, &[2, 2]));
         req.raw_input_contents.push(raw.clone().into());
         sent.push(raw);

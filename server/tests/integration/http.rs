@@ -4,7 +4,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, direct_ort_f32, f32s, repo_dir, split_binary};
+use crate::common::{TestServer, direct_ort_f32, f32s, raw_sample, repo_dir, split_binary};
 
 const ROWS: [[f32; 4]; 3] = [
     [5.1, 3.5, 1.4, 0.2],
@@ -143,13 +143,32 @@ async fn versions_are_served_separately() {
 }
 
 /// A binary-extension request: JSON header, then raw tensors in the order of the JSON.
-fn binary_body(header: &Value, tensors: &[&[u8]]) -> (Vec<u8>, usize) {
+/// Posts a binary-extension request (JSON header, then the raw tensors in order), expects 200,
+/// and returns the response's JSON header and binary tail.
+async fn post_binary(
+    s: &TestServer,
+    path: &str,
+    header: &Value,
+    tensors: &[&[u8]],
+    content_type: &str,
+) -> (Value, Vec<u8>) {
     let mut body = serde_json::to_vec(header).unwrap();
     let n = body.len();
     for t in tensors {
         body.extend_from_slice(t);
     }
-    (body, n)
+    let r = s
+        .http
+        .post(s.url(path))
+        .header("Inference-Header-Content-Length", n)
+        .header("Content-Type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let headers = r.headers().clone();
+    split_binary(&headers, &r.bytes().await.unwrap())
 }
 
 #[tokio::test]
@@ -164,21 +183,14 @@ async fn binary_tensor_extension_both_ways() {
         ],
         "outputs": [{"name": "OUTPUT1", "parameters": {"binary_data": true}}, {"name": "OUTPUT0", "parameters": {"binary_data": false}}]
     });
-    let (body, n) = binary_body(
+    let (json, tail) = post_binary(
+        &s,
+        "/v2/models/simple/infer",
         &header,
         &[bytemuck::cast_slice(&a), bytemuck::cast_slice(&b)],
-    );
-    let r = s
-        .http
-        .post(s.url("/v2/models/simple/infer"))
-        .header("Inference-Header-Content-Length", n)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let headers = r.headers().clone();
-    let (json, tail) = split_binary(&headers, &r.bytes().await.unwrap());
+        "application/octet-stream",
+    )
+    .await;
     let outputs = json["outputs"].as_array().unwrap();
     assert_eq!(outputs[0]["name"], "OUTPUT1");
     assert_eq!(outputs[0]["parameters"]["binary_data_size"], 128);
@@ -207,19 +219,14 @@ async fn binary_tensor_extension_both_ways() {
         "inputs": [{"name": "input", "shape": [3, 4], "datatype": "FP32", "parameters": {"binary_data_size": 48}}]
     });
     let rows = flat_rows();
-    let (body, n) = binary_body(&header, &[bytemuck::cast_slice(&rows)]);
-    let r = s
-        .http
-        .post(s.url("/v2/models/iris_mlp/infer"))
-        .header("Inference-Header-Content-Length", n)
-        .header("Content-Type", "text/plain")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let headers = r.headers().clone();
-    let (_, tail) = split_binary(&headers, &r.bytes().await.unwrap());
+    let (_, tail) = post_binary(
+        &s,
+        "/v2/models/iris_mlp/infer",
+        &header,
+        &[bytemuck::cast_slice(&rows)],
+        "text/plain",
+    )
+    .await;
     let expected = direct_ort_f32(
         &repo_dir().join("iris_mlp/2/model.onnx"),
         "input",
@@ -392,47 +399,25 @@ async fn every_datatype_round_trips_as_binary() {
     let mut inputs = Vec::new();
     let mut tensors: Vec<Vec<u8>> = Vec::new();
     for (i, (n, d)) in DTYPES.iter().enumerate() {
-        let raw: Vec<u8> = if *d == "BYTES" {
-            let mut raw = Vec::new();
-            for e in [&b"\xff\xfenot utf-8"[..], b"", b"x", b"yz", b"\x01", b"end"] {
-                raw.extend_from_slice(&(e.len() as u32).to_le_bytes());
-                raw.extend_from_slice(e);
-            }
-            raw
-        } else {
-            let size = match *d {
-                "BOOL" | "UINT8" | "INT8" => 1,
-                "UINT16" | "INT16" | "FP16" | "BF16" => 2,
-                "UINT32" | "INT32" | "FP32" => 4,
-                _ => 8,
-            };
-            (0..6 * size)
-                .map(|j| {
-                    if *d == "BOOL" {
-                        (j % 2) as u8
-                    } else {
-                        (j * 7 + i) as u8 % 60
-                    }
-                })
-                .collect()
-        };
+        let raw = raw_sample(
+            d,
+            6,
+            i,
+            &[b"\xff\xfenot utf-8", b"", b"x", b"yz", b"\x01", b"end"],
+        );
         inputs.push(json!({"name": format!("in_{n}"), "shape": [3, 2], "datatype": d, "parameters": {"binary_data_size": raw.len()}}));
         tensors.push(raw);
     }
     let header = json!({"inputs": inputs, "parameters": {"binary_data_output": true}});
     let refs: Vec<&[u8]> = tensors.iter().map(Vec::as_slice).collect();
-    let (body, n) = binary_body(&header, &refs);
-    let r = s
-        .http
-        .post(s.url("/v2/models/identity_all/infer"))
-        .header("Inference-Header-Content-Length", n)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let headers = r.headers().clone();
-    let (json, tail) = split_binary(&headers, &r.bytes().await.unwrap());
+    let (json, tail) = post_binary(
+        &s,
+        "/v2/models/identity_all/infer",
+        &header,
+        &refs,
+        "application/octet-stream",
+    )
+    .await;
     let mut offset = 0;
     for (out, sent) in json["outputs"].as_array().unwrap().iter().zip(&tensors) {
         let size = out["parameters"]["binary_data_size"].as_u64().unwrap() as usize;
