@@ -13,25 +13,39 @@ VENV_PY       := $(VENV)/bin/python
 PYTHON        ?= python3
 CARGO         ?= cargo
 MODEL_REPO    ?= models/repository
+REGISTRY      ?= models/registry
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HTTP_ADDR     ?= 0.0.0.0:8000
 GRPC_ADDR     ?= 0.0.0.0:8001
 ADMIN_ADDR    ?= 127.0.0.1:8002
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: help run test build ort venv models fmt lint unit-test interop-test bench bench-tools clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-run: ort build ## install what is missing, build (release), serve the demo model repository
-	./target/release/infergate serve --model-repository $(MODEL_REPO) \
+run: ort build train-if-empty ## install what is missing, build, train into the registry if empty, serve registry + demo repository
+	./target/release/infergate serve --model-repository $(MODEL_REPO) --registry $(REGISTRY) \
 		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR)
 
 test: ort venv lint unit-test interop-test ## fmt + clippy + every test (Rust and tritonclient interop)
 
-build: ## release build of the server binary
-	$(CARGO) build --release --locked -p infergate-server --bin infergate
+build: ## release build of the server and trainer binaries
+	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train
+
+dataset: $(FASHION_MNIST) ## install Fashion-MNIST (Debian package dataset-fashion-mnist)
+
+$(FASHION_MNIST):
+	$(SUDO) apt-get install -y -q dataset-fashion-mnist
+
+train: ort dataset build ## train teacher, distilled student and int8 on Fashion-MNIST into the registry; report in docs/
+	./target/release/infergate-train --registry $(REGISTRY) --report docs
+
+train-if-empty: ort dataset build ## `make train` unless the registry already has the fashion model
+	./target/release/infergate-train --registry $(REGISTRY) --report $(REGISTRY)/report --if-empty
 
 ort: $(ORT_LIB) ## install the ONNX Runtime shared library into .ort/ (from the PyPI wheel, no Python env touched)
 

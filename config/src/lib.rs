@@ -82,6 +82,9 @@ impl Default for ServerConfig {
 pub struct ModelsConfig {
     /// A Triton-layout repository: `<dir>/<model>/<version>/model.onnx`.
     pub repository: Option<PathBuf>,
+    /// A model registry (`infergate registry`, `infergate-train`): every model's `production`
+    /// alias is served as its default version, every version by number.
+    pub registry: Option<PathBuf>,
 }
 
 /// Execution defaults for every model.

@@ -1,8 +1,9 @@
 //! Model execution: the `Tensor` type for every KServe V2 datatype, the `Backend` trait, the
-//! ONNX Runtime backend, and per-model-version worker threads that keep inference off the
+//! ONNX Runtime and candle backends, and per-model-version worker threads that keep inference off the
 //! async runtime.
 
 mod backend;
+pub mod candle;
 pub mod ort;
 mod signature;
 mod tensor;

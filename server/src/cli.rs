@@ -23,8 +23,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a model repository over KServe V2 HTTP and gRPC.
+    /// Serve a model repository and/or registry over KServe V2 HTTP and gRPC.
     Serve(ServeArgs),
+    /// Manage the model registry.
+    Registry(crate::registry_cli::RegistryArgs),
 }
 
 /// `infergate serve` flags; each overrides the config file and `INFERGATE_…` variables.
@@ -33,6 +35,9 @@ pub struct ServeArgs {
     /// Model repository in the Triton layout: DIR/<model>/<version>/model.onnx.
     #[arg(long, value_name = "DIR")]
     pub model_repository: Option<PathBuf>,
+    /// Model registry: serve every model's `production` alias (and every version by number).
+    #[arg(long, value_name = "DIR")]
+    pub registry: Option<PathBuf>,
     /// TOML configuration file.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -60,6 +65,10 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
             "models.repository",
             args.model_repository.as_ref().map(|p| p.display()),
         )
+        .set(
+            "models.registry",
+            args.registry.as_ref().map(|p| p.display()),
+        )
         .set("server.http_addr", args.http_addr)
         .set("server.grpc_addr", args.grpc_addr)
         .set("server.admin_addr", args.admin_addr);
@@ -67,19 +76,27 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     init_logging(&config);
     tracing::info!(config = ?config, "effective configuration");
 
-    let root = config
-        .models
-        .repository
-        .clone()
-        .context("no model repository: pass --model-repository DIR or set models.repository")?;
+    let root = config.models.repository.clone();
+    if root.is_none() && config.models.registry.is_none() {
+        anyhow::bail!(
+            "nothing to serve: pass --model-repository DIR and/or --registry DIR (or set models.repository / models.registry)"
+        );
+    }
+    let registry = match &config.models.registry {
+        Some(dir) => Some(Arc::new(
+            infergate_registry::Registry::open(dir)
+                .with_context(|| format!("cannot open registry {}", dir.display()))?,
+        )),
+        None => None,
+    };
     let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
     let runtime = OrtRuntime::init(&library)?;
     tracing::info!(library = %library.display(), "onnx runtime loaded");
-    let repository = Arc::new(Repository::new(
-        Some(root),
-        Some(runtime),
-        config.runtime.clone(),
-    ));
+    let mut repository = Repository::new(root, Some(runtime), config.runtime.clone());
+    if let Some(registry) = registry {
+        repository = repository.with_registry(registry);
+    }
+    let repository = Arc::new(repository);
     let loaded = repository.load_all().await?;
     tracing::info!(versions = loaded, "model repository loaded");
 

@@ -10,6 +10,7 @@ mod grpc;
 mod http;
 pub mod layers;
 pub mod metrics;
+pub mod registry_cli;
 pub mod repository;
 pub mod stack;
 pub mod stats;

@@ -10,5 +10,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             infergate_server::cli::serve(args, std::env::vars().collect()).await
         }
+        Command::Registry(args) => {
+            infergate_server::registry_cli::run(args, std::env::vars().collect())
+        }
     }
 }

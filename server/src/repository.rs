@@ -1,5 +1,6 @@
 //! The model repository: which models and versions are loaded, their states for the index,
-//! and loading/unloading from a Triton-layout directory (`<dir>/<model>/<version>/model.onnx`).
+//! and loading/unloading from a Triton-layout directory (`<dir>/<model>/<version>/model.onnx`)
+//! or from the model registry (every version, the `production` alias as the default).
 //! The model table is swapped atomically, so lookups on the request path take no lock.
 
 use std::collections::BTreeMap;
@@ -8,6 +9,8 @@ use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use infergate_config::{ModelConfig, RuntimeConfig};
+use infergate_registry::{Registry, VersionRecord};
+use infergate_runtime::candle::{Arch, CandleFactory};
 use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::{BackendFactory, Model, ModelOptions};
 
@@ -42,6 +45,9 @@ pub struct ModelVersion {
     pub cache: Option<ResponseCache>,
     /// Per-model admission limit shared by the model's versions.
     pub admission: Option<Arc<tokio::sync::Semaphore>>,
+    /// Served in model metadata (gRPC `properties`, HTTP `parameters`): the artifact digest
+    /// and, for registry versions, lineage, aliases and metrics.
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A version's state for the repository index.
@@ -56,6 +62,9 @@ pub struct IndexEntry {
 #[derive(Debug, Default, Clone)]
 struct Entry {
     versions: BTreeMap<u64, Arc<ModelVersion>>,
+    /// The version served when a request names none (the registry's `production` alias);
+    /// otherwise the newest.
+    default_version: Option<u64>,
     /// Versions that failed to load (or the whole model, keyed by `None`), with the reason.
     failures: BTreeMap<Option<u64>, String>,
     unloaded: bool,
@@ -64,6 +73,7 @@ struct Entry {
 /// All models this server knows about.
 pub struct Repository {
     root: Option<PathBuf>,
+    registry: Option<Arc<Registry>>,
     runtime: Option<OrtRuntime>,
     defaults: RuntimeConfig,
     models: ArcSwap<BTreeMap<String, Entry>>,
@@ -88,6 +98,7 @@ impl Repository {
     ) -> Self {
         Self {
             root,
+            registry: None,
             runtime,
             defaults,
             models: ArcSwap::from_pointee(BTreeMap::new()),
@@ -95,11 +106,22 @@ impl Repository {
         }
     }
 
-    /// Loads every model folder under the root. Failures are logged and shown in the index;
-    /// the rest are served. Returns the number of versions loaded.
+    /// Also serves the models of `registry`.
+    pub fn with_registry(mut self, registry: Arc<Registry>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Loads every model folder under the root and every registry model. Failures are logged
+    /// and shown in the index; the rest are served. Returns the number of versions loaded.
     pub async fn load_all(&self) -> Result<usize, ServeError> {
-        let Some(root) = &self.root else { return Ok(0) };
-        let names = list_model_dirs(root)?;
+        let mut names = match &self.root {
+            Some(root) => list_model_dirs(root)?,
+            None => Vec::new(),
+        };
+        names.extend(self.registry_models());
+        names.sort();
+        names.dedup();
         for name in &names {
             if let Err(e) = self.load(name).await {
                 tracing::error!(model = %name, error = %e, "model failed to load");
@@ -108,33 +130,63 @@ impl Repository {
         Ok(self.models.load().values().map(|e| e.versions.len()).sum())
     }
 
-    /// (Re)loads a model from the repository folder, replacing its served versions atomically.
+    /// Names of the registry's models (none without a registry or when it cannot be read).
+    fn registry_models(&self) -> Vec<String> {
+        let Some(registry) = &self.registry else {
+            return Vec::new();
+        };
+        match registry.models() {
+            Ok(models) => models.into_iter().map(|m| m.name).collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list registry models");
+                Vec::new()
+            }
+        }
+    }
+
+    /// (Re)loads a model from the repository folder, or else from the registry, replacing its
+    /// served versions atomically.
     pub async fn load(&self, name: &str) -> Result<(), ServeError> {
         let _guard = self.control.lock().await;
-        let root = self
-            .root
-            .clone()
-            .ok_or_else(|| ServeError::invalid("no model repository is configured"))?;
-        let runtime = self
-            .runtime
-            .clone()
-            .ok_or_else(|| ServeError::internal("onnx runtime is not initialized"))?;
+        if self.root.is_none() && self.registry.is_none() {
+            return Err(ServeError::invalid(
+                "no model repository or registry is configured",
+            ));
+        }
         if !valid_name(name) {
             return Err(ServeError::invalid(format!("invalid model name '{name}'")));
         }
-        let dir = root.join(name);
-        if !dir.is_dir() {
-            return Err(ServeError::not_found(format!(
-                "model '{name}' is not in the repository {}",
-                root.display()
-            )));
-        }
+        let runtime = self.runtime.clone();
         let defaults = self.defaults.clone();
         let owned = name.to_string();
-        let entry =
-            tokio::task::spawn_blocking(move || load_model_dir(&runtime, &defaults, &owned, &dir))
+        let entry = match self
+            .root
+            .as_ref()
+            .map(|r| r.join(name))
+            .filter(|d| d.is_dir())
+        {
+            Some(dir) => {
+                let runtime = runtime
+                    .ok_or_else(|| ServeError::internal("onnx runtime is not initialized"))?;
+                tokio::task::spawn_blocking(move || {
+                    load_model_dir(&runtime, &defaults, &owned, &dir)
+                })
                 .await
-                .map_err(|e| ServeError::internal(format!("model loader failed: {e}")))?;
+            }
+            None if self.registry_models().iter().any(|m| m == name) => {
+                let registry = Arc::clone(self.registry.as_ref().expect("listed models"));
+                tokio::task::spawn_blocking(move || {
+                    load_registry_model(&registry, runtime.as_ref(), &defaults, &owned)
+                })
+                .await
+            }
+            None => {
+                return Err(ServeError::not_found(format!(
+                    "model '{name}' is not in the model repository or registry"
+                )));
+            }
+        }
+        .map_err(|e| ServeError::internal(format!("model loader failed: {e}")))?;
         let result = match (entry.versions.is_empty(), entry.failures.values().next()) {
             (true, Some(reason)) => Err(ServeError::invalid(format!(
                 "failed to load model '{name}': {reason}"
@@ -247,7 +299,11 @@ impl Repository {
             })?;
         match version.filter(|v| !v.is_empty()) {
             None => Ok(Arc::clone(
-                entry.versions.values().next_back().expect("non-empty"),
+                entry
+                    .default_version
+                    .and_then(|v| entry.versions.get(&v))
+                    .or_else(|| entry.versions.values().next_back())
+                    .expect("non-empty"),
             )),
             Some(label) => label
                 .parse::<u64>()
@@ -285,6 +341,7 @@ impl Repository {
         if let Some(root) = &self.root {
             names.extend(list_model_dirs(root).unwrap_or_default());
         }
+        names.extend(self.registry_models());
         names.sort();
         names.dedup();
         let mut out = Vec::new();
@@ -370,6 +427,7 @@ fn new_version(
             .as_ref()
             .map(|c| ResponseCache::new(c, digest.clone())),
         batcher: OnceLock::new(),
+        properties: BTreeMap::from([("artifact_digest".to_string(), digest.clone())]),
         digest,
         admission,
         config,
@@ -484,4 +542,142 @@ fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, di
         }
     }
     entry
+}
+
+/// Blocking: loads every version of a registry model, each artifact verified against its
+/// digest; the `production` alias (else the newest) is the default version.
+fn load_registry_model(
+    registry: &Registry,
+    runtime: Option<&OrtRuntime>,
+    defaults: &RuntimeConfig,
+    name: &str,
+) -> Entry {
+    let mut entry = Entry::default();
+    let (records, aliases) = match registry
+        .versions(name)
+        .and_then(|v| Ok((v, registry.aliases(name)?)))
+    {
+        Ok(found) => found,
+        Err(e) => {
+            entry.failures.insert(None, e.to_string());
+            return entry;
+        }
+    };
+    let config = ModelConfig::default();
+    let instances = defaults.instances;
+    for record in &records {
+        let version = u64::from(record.version);
+        match start_registry_version(registry, runtime, defaults, record) {
+            Ok(model) => {
+                let mut loaded = new_version(
+                    name,
+                    version,
+                    model,
+                    config.clone(),
+                    instances,
+                    record
+                        .serving_artifact()
+                        .map(|a| format!("sha256:{}", a.digest))
+                        .unwrap_or_default(),
+                    None,
+                );
+                loaded
+                    .properties
+                    .extend(registry_properties(record, &aliases));
+                entry.versions.insert(version, Arc::new(loaded));
+            }
+            Err(e) => {
+                tracing::error!(model = %name, version, error = %e, "registry version failed to load");
+                entry.failures.insert(Some(version), e);
+            }
+        }
+    }
+    entry.default_version = aliases
+        .get("production")
+        .map(|&v| u64::from(v))
+        .filter(|v| entry.versions.contains_key(v));
+    if let Some(&v) = aliases.get("production")
+        && entry.default_version.is_none()
+    {
+        tracing::error!(model = %name, version = v, "the production version is not serving; requests without a version get the newest");
+    }
+    entry
+}
+
+fn start_registry_version(
+    registry: &Registry,
+    runtime: Option<&OrtRuntime>,
+    defaults: &RuntimeConfig,
+    record: &VersionRecord,
+) -> Result<Model, String> {
+    let artifact = record
+        .serving_artifact()
+        .ok_or_else(|| format!("no artifact for platform {}", record.platform))?;
+    let bytes = registry
+        .read_artifact(artifact)
+        .map_err(|e| e.to_string())?;
+    let origin = format!(
+        "{}:{} (sha256:{})",
+        record.model, record.version, artifact.digest
+    );
+    let factory: Arc<dyn BackendFactory> = if record.platform == infergate_registry::PLATFORM_CANDLE
+    {
+        let arch: Arch = serde_json::from_value(record.architecture.clone())
+            .map_err(|e| format!("architecture of {origin}: {e}"))?;
+        Arc::new(CandleFactory::from_safetensors(arch, &bytes, &origin).map_err(|e| e.to_string())?)
+    } else {
+        let runtime = runtime.ok_or("onnx runtime is not initialized")?;
+        Arc::new(
+            runtime
+                .load_bytes(Arc::from(bytes), &origin, defaults.intra_op_threads)
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let options = ModelOptions {
+        name: format!("{}:{}", record.model, record.version),
+        instances: defaults.instances,
+        queue_capacity: defaults.queue_capacity,
+    };
+    Model::start(factory, options).map_err(|e| e.to_string())
+}
+
+/// Metadata properties of a registry version.
+fn registry_properties(
+    record: &VersionRecord,
+    aliases: &BTreeMap<String, u32>,
+) -> BTreeMap<String, String> {
+    let mut props = BTreeMap::new();
+    props.insert("registry_platform".to_string(), record.platform.clone());
+    props.insert(
+        "lineage".to_string(),
+        serde_json::to_string(&record.lineage).unwrap_or_default(),
+    );
+    props.insert(
+        "metrics".to_string(),
+        serde_json::to_string(&record.metrics).unwrap_or_default(),
+    );
+    props.insert(
+        "artifacts".to_string(),
+        record
+            .artifacts
+            .iter()
+            .map(|a| format!("{}:sha256:{}", a.kind.as_str(), a.digest))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let mine: Vec<&str> = aliases
+        .iter()
+        .filter(|(_, v)| **v == record.version)
+        .map(|(a, _)| a.as_str())
+        .collect();
+    props.insert("aliases".to_string(), mine.join(","));
+    props.insert("author".to_string(), record.author.clone());
+    props.insert(
+        "created_at".to_string(),
+        infergate_registry::format_millis(record.created_at),
+    );
+    if !record.description.is_empty() {
+        props.insert("description".to_string(), record.description.clone());
+    }
+    props
 }

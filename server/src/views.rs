@@ -51,7 +51,11 @@ pub fn metadata(
         platform: target.model.platform().to_string(),
         inputs: signature.inputs.iter().map(tensor_meta).collect(),
         outputs: signature.outputs.iter().map(tensor_meta).collect(),
-        properties: Default::default(),
+        properties: target
+            .properties
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     })
 }
 

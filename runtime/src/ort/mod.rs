@@ -77,7 +77,32 @@ impl OrtRuntime {
     /// Loads an ONNX model file, reading its signature. `intra_op_threads` 0 lets ONNX Runtime
     /// choose.
     pub fn load(&self, path: &Path, intra_op_threads: usize) -> Result<OrtFactory, RuntimeError> {
-        let session = self.session(path, intra_op_threads)?;
+        self.load_source(ModelSource::File(path.to_path_buf()), intra_op_threads)
+    }
+
+    /// Loads an ONNX model from memory (an artifact already read and verified); `origin`
+    /// names it in errors.
+    pub fn load_bytes(
+        &self,
+        bytes: Arc<[u8]>,
+        origin: &str,
+        intra_op_threads: usize,
+    ) -> Result<OrtFactory, RuntimeError> {
+        self.load_source(
+            ModelSource::Memory {
+                bytes,
+                origin: origin.to_owned(),
+            },
+            intra_op_threads,
+        )
+    }
+
+    fn load_source(
+        &self,
+        source: ModelSource,
+        intra_op_threads: usize,
+    ) -> Result<OrtFactory, RuntimeError> {
+        let session = self.session(&source, intra_op_threads)?;
         let signature = Signature {
             inputs: session
                 .inputs()
@@ -92,16 +117,20 @@ impl OrtRuntime {
         };
         Ok(OrtFactory {
             runtime: self.clone(),
-            path: path.to_path_buf(),
+            source,
             intra_op_threads,
             signature,
             first: Mutex::new(Some(session)),
         })
     }
 
-    fn session(&self, path: &Path, intra_op_threads: usize) -> Result<Session, RuntimeError> {
+    fn session(
+        &self,
+        source: &ModelSource,
+        intra_op_threads: usize,
+    ) -> Result<Session, RuntimeError> {
         let load_error = |e: ::ort::Error| RuntimeError::Load {
-            path: path.display().to_string(),
+            path: source.to_string(),
             message: e.to_string(),
         };
         let mut builder = Session::builder(&self.env).map_err(load_error)?;
@@ -110,7 +139,27 @@ impl OrtRuntime {
                 .with_intra_threads(intra_op_threads)
                 .map_err(|e| load_error(e.into()))?;
         }
-        builder.commit_from_file(path).map_err(load_error)
+        match source {
+            ModelSource::File(path) => builder.commit_from_file(path),
+            ModelSource::Memory { bytes, .. } => builder.commit_from_memory(bytes),
+        }
+        .map_err(load_error)
+    }
+}
+
+/// Where a model's bytes come from.
+#[derive(Debug, Clone)]
+enum ModelSource {
+    File(PathBuf),
+    Memory { bytes: Arc<[u8]>, origin: String },
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Memory { origin, .. } => f.write_str(origin),
+        }
     }
 }
 
@@ -175,7 +224,7 @@ fn to_ort(dtype: DataType) -> TensorElementType {
 /// A loaded ONNX model: its signature and what is needed to open more sessions.
 pub struct OrtFactory {
     runtime: OrtRuntime,
-    path: PathBuf,
+    source: ModelSource,
     intra_op_threads: usize,
     signature: Signature,
     /// The session opened to read the signature, handed to the first worker.
@@ -185,7 +234,7 @@ pub struct OrtFactory {
 impl std::fmt::Debug for OrtFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OrtFactory")
-            .field("path", &self.path)
+            .field("source", &self.source.to_string())
             .finish()
     }
 }
@@ -203,7 +252,7 @@ impl BackendFactory for OrtFactory {
         let first = self.first.lock().unwrap_or_else(|e| e.into_inner()).take();
         let session = match first {
             Some(session) => session,
-            None => self.runtime.session(&self.path, self.intra_op_threads)?,
+            None => self.runtime.session(&self.source, self.intra_op_threads)?,
         };
         Ok(Box::new(OrtBackend {
             session,

@@ -153,13 +153,18 @@ pub(crate) fn metadata_json(m: &pb::ModelMetadataResponse) -> Value {
             .map(|t| json!({"name": t.name, "datatype": t.datatype, "shape": t.shape}))
             .collect()
     };
-    json!({
+    let mut body = json!({
         "name": m.name,
         "versions": m.versions,
         "platform": m.platform,
         "inputs": tensors(&m.inputs),
         "outputs": tensors(&m.outputs),
-    })
+    });
+    if !m.properties.is_empty() {
+        let sorted: std::collections::BTreeMap<_, _> = m.properties.iter().collect();
+        body["parameters"] = json!(sorted);
+    }
+    body
 }
 
 async fn model_ready(State(g): State<Arc<Gateway>>, Path(p): Path<ModelPath>) -> Response {

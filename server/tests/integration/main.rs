@@ -7,3 +7,4 @@ mod gateway;
 mod grpc;
 mod http;
 mod lifecycle;
+mod registry;

@@ -1,0 +1,187 @@
+//! The SQLite metadata store: schema, connection settings and row mapping.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{AuditEntry, GateRules, RegistryError, Result, VersionRecord};
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS models (
+    name        TEXT PRIMARY KEY,
+    gate        TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    model       TEXT NOT NULL REFERENCES models(name),
+    version     INTEGER NOT NULL,
+    record      TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    model       TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    PRIMARY KEY (model, version, kind),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
+CREATE TABLE IF NOT EXISTS aliases (
+    model       TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    version     INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (model, alias),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          INTEGER NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+";
+
+/// Opens (creating if needed) the database: WAL so readers never block the writer, a busy
+/// timeout so concurrent writers (other processes included) wait instead of failing, and
+/// full fsync on commit.
+pub(crate) fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    // Switching a new database to WAL answers SQLITE_BUSY at once (the busy timeout does not
+    // apply) while another process is doing the same: retry.
+    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(RegistryError::invalid(
+            "registry database",
+            format!(
+                "schema version {version} is newer than this build understands ({SCHEMA_VERSION})"
+            ),
+        ));
+    }
+    if version < SCHEMA_VERSION {
+        retry_busy(|| {
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            ))
+        })?;
+    }
+    Ok(conn)
+}
+
+/// Runs `f` again while SQLite reports the database busy, for up to 30 seconds.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            result => return result,
+        }
+    }
+}
+
+pub(crate) fn model_exists(conn: &Connection, model: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM models WHERE name = ?1", [model], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+pub(crate) fn version(
+    conn: &Connection,
+    model: &str,
+    version: u32,
+) -> Result<Option<VersionRecord>> {
+    let json: Option<String> = conn
+        .query_row(
+            "SELECT record FROM versions WHERE model = ?1 AND version = ?2",
+            params![model, version],
+            |r| r.get(0),
+        )
+        .optional()?;
+    json.map(|j| serde_json::from_str(&j).map_err(Into::into))
+        .transpose()
+}
+
+pub(crate) fn alias(conn: &Connection, model: &str, alias: &str) -> Result<Option<u32>> {
+    Ok(conn
+        .query_row(
+            "SELECT version FROM aliases WHERE model = ?1 AND alias = ?2",
+            params![model, alias],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub(crate) fn gate(conn: &Connection, model: &str) -> Result<GateRules> {
+    let json: Option<Option<String>> = conn
+        .query_row("SELECT gate FROM models WHERE name = ?1", [model], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match json {
+        None => Err(RegistryError::UnknownModel(model.to_owned())),
+        Some(None) => Ok(GateRules::default()),
+        Some(Some(j)) => Ok(serde_json::from_str(&j)?),
+    }
+}
+
+pub(crate) fn audit(
+    conn: &Connection,
+    at: i64,
+    actor: &str,
+    action: &str,
+    model: &str,
+    detail: &serde_json::Value,
+) -> Result<()> {
+    conn.execute(
+        "INSERT INTO audit (at, actor, action, model, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![at, actor, action, model, detail.to_string()],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn audit_entries(conn: &Connection, model: Option<&str>) -> Result<Vec<AuditEntry>> {
+    let mut stmt = conn.prepare(
+        "SELECT id, at, actor, action, model, detail FROM audit
+         WHERE ?1 IS NULL OR model = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map([model], |r| {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get::<_, String>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, at, actor, action, model, detail) = row?;
+        out.push(AuditEntry {
+            id,
+            at,
+            actor,
+            action,
+            model,
+            detail: serde_json::from_str(&detail)?,
+        });
+    }
+    Ok(out)
+}

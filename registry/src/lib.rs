@@ -1,0 +1,76 @@
+//! The model registry: content-addressed artifacts, versions with signature, metrics, lineage
+//! and drift baselines, aliases that the server follows, promotion gates and an audit log.
+
+mod baseline;
+mod db;
+mod gate;
+pub mod inspect;
+pub mod onnx;
+mod registry;
+mod store;
+mod time;
+mod types;
+
+pub use baseline::{Baseline, FeatureBaseline};
+pub use gate::{GateRules, GateVerdict};
+pub use registry::{GcReport, NewArtifact, NewVersion, Promotion, Registry, VerifyReport};
+pub use store::{ArtifactStore, FsStore, sha256_hex};
+pub use time::format_millis;
+pub use types::{
+    Artifact, ArtifactKind, AuditEntry, Lineage, ModelSummary, Signature, TensorSig, VersionRecord,
+};
+
+/// The KServe platform of versions served by ONNX Runtime.
+pub const PLATFORM_ONNX: &str = "onnxruntime_onnx";
+/// The KServe platform of versions served by the candle backend from safetensors.
+pub const PLATFORM_CANDLE: &str = "candle_safetensors";
+
+/// Errors of the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry i/o on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("corrupt registry record: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("model '{0}' is not in the registry")]
+    UnknownModel(String),
+    #[error("model '{model}' has no version or alias '{version}'")]
+    UnknownVersion { model: String, version: String },
+    #[error("artifact {digest} failed verification: {reason}")]
+    Corrupt { digest: String, reason: String },
+    #[error("artifact {0} is missing from the store")]
+    MissingArtifact(String),
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("promotion of {model} version {version} to '{alias}' refused: {}", reasons.join("; "))]
+    GateRefused {
+        model: String,
+        version: u32,
+        alias: String,
+        reasons: Vec<String>,
+    },
+}
+
+impl RegistryError {
+    pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;

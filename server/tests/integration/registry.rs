@@ -1,0 +1,205 @@
+//! Serving from the model registry: production as the default version, every version by
+//! number, ONNX and candle versions, digest and lineage in metadata, corrupt artifacts refused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use infergate_proto::inference::ModelMetadataRequest;
+use infergate_registry::inspect::{META_ARCHITECTURE, META_SIGNATURE};
+use infergate_registry::{ArtifactKind, Registry};
+use infergate_server::repository::Repository;
+use serde_json::json;
+
+use crate::common::{TestServer, direct_ort_f32, f32s, loopback_config, ort_runtime, repo_dir};
+
+/// A 2→2 MLP with one hidden unit per output, in the candle backend's safetensors form:
+/// logits = W1·relu(W0·x + b0) + b1 with known weights.
+fn tiny_candle_model() -> Vec<u8> {
+    let t = |shape: Vec<usize>, v: &[f32]| {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        (shape, bytes)
+    };
+    let tensors = [
+        ("fc0.weight", t(vec![2, 2], &[1.0, 0.0, 0.0, 2.0])),
+        ("fc0.bias", t(vec![2], &[0.0, -1.0])),
+        ("fc1.weight", t(vec![2, 2], &[1.0, 1.0, -1.0, 0.5])),
+        ("fc1.bias", t(vec![2], &[0.5, 0.0])),
+    ];
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, (shape, bytes))| {
+            let view =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .unwrap();
+            ((*n).to_string(), view)
+        })
+        .collect();
+    let signature = json!({
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 2]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 2]}],
+    });
+    let arch = json!({"kind": "mlp", "inputs": 2, "hidden": [2], "classes": 2});
+    let meta = HashMap::from([
+        (META_SIGNATURE.to_string(), signature.to_string()),
+        (META_ARCHITECTURE.to_string(), arch.to_string()),
+    ]);
+    safetensors::serialize(views, Some(meta)).unwrap()
+}
+
+async fn serve(registry: &std::path::Path) -> TestServer {
+    let mut config = loopback_config();
+    config.models.registry = Some(registry.to_path_buf());
+    let repository = Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+        .with_registry(Arc::new(Registry::open(registry).unwrap()));
+    let repository = Arc::new(repository);
+    repository.load_all().await.unwrap();
+    TestServer::serve(config, repository).await
+}
+
+#[tokio::test]
+async fn serves_production_by_default_every_version_by_number_and_shows_lineage() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let v1 = reg
+        .import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "alice")
+        .unwrap();
+    let v2 = reg
+        .import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "alice")
+        .unwrap();
+    reg.promote("iris", 1, "production", false, "alice")
+        .unwrap();
+    let st = dir.path().join("tiny.safetensors");
+    std::fs::write(&st, tiny_candle_model()).unwrap();
+    let tiny = reg.import("tiny", &st, "bob").unwrap();
+    assert_eq!(tiny.platform, "candle_safetensors");
+    drop(reg);
+    let server = serve(dir.path()).await;
+
+    let x = [5.1f32, 3.5, 1.4, 0.2];
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x}]});
+    // No version: production (1), even though 2 is newer.
+    let (status, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["model_version"], "1");
+    let expected = direct_ort_f32(
+        &repo_dir().join("iris_mlp/1/model.onnx"),
+        "input",
+        &[1, 4],
+        &x,
+    );
+    assert_eq!(f32s(&out["outputs"][0]["data"]), expected);
+    let (status, out) = server
+        .post_json("/v2/models/iris/versions/2/infer", &body)
+        .await;
+    assert_eq!((status, out["model_version"].as_str()), (200, Some("2")));
+
+    // Metadata carries the artifact digest, aliases and lineage (HTTP parameters).
+    let (_, meta) = server.get_json("/v2/models/iris").await;
+    assert_eq!(meta["versions"], json!(["1", "2"]));
+    let params = &meta["parameters"];
+    assert_eq!(
+        params["artifact_digest"],
+        format!("sha256:{}", v1.artifacts[0].digest)
+    );
+    assert_eq!(params["aliases"], "production");
+    assert_eq!(params["author"], "alice");
+    assert!(params["lineage"].is_string());
+    let (_, meta2) = server.get_json("/v2/models/iris/versions/2").await;
+    assert_eq!(
+        meta2["parameters"]["artifact_digest"],
+        format!("sha256:{}", v2.artifacts[0].digest)
+    );
+    assert_eq!(meta2["parameters"]["aliases"], "");
+
+    // … and gRPC properties.
+    let mut grpc = server.grpc().await;
+    let meta = grpc
+        .model_metadata(ModelMetadataRequest {
+            name: "tiny".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(meta.platform, "candle_safetensors");
+    assert_eq!(
+        meta.properties["artifact_digest"],
+        format!(
+            "sha256:{}",
+            tiny.artifact(ArtifactKind::Safetensors).unwrap().digest
+        )
+    );
+
+    // The candle version computes W1·relu(W0·x + b0) + b1.
+    let body = json!({"inputs": [{"name": "input", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 1.0, -2.0, 3.0]}]});
+    let (status, out) = server.post_json("/v2/models/tiny/infer", &body).await;
+    assert_eq!(status, 200, "{out}");
+    // Row 1: h = relu([1, 1]) = [1, 1]; logits = [1+1+0.5, -1+0.5] = [2.5, -0.5].
+    // Row 2: h = relu([-2, 5]) = [0, 5]; logits = [5+0.5, 2.5] = [5.5, 2.5].
+    assert_eq!(f32s(&out["outputs"][0]["data"]), vec![2.5, -0.5, 5.5, 2.5]);
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 1.0, 1.0]}]});
+    let (status, out) = server.post_json("/v2/models/tiny/infer", &body).await;
+    assert_eq!(status, 400, "{out}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_artifact_is_refused_and_the_other_versions_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "ci")
+        .unwrap();
+    let v2 = reg
+        .import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "ci")
+        .unwrap();
+    reg.promote("iris", 2, "production", false, "ci").unwrap();
+    drop(reg);
+    let digest = &v2.artifacts[0].digest;
+    let blob = dir
+        .path()
+        .join("artifacts/sha256")
+        .join(&digest[..2])
+        .join(digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&blob, bytes).unwrap();
+
+    let server = serve(dir.path()).await;
+    let r = server
+        .http
+        .post(server.url("/v2/repository/index"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let index: serde_json::Value = r.json().await.unwrap();
+    let v2_row = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == "2")
+        .unwrap()
+        .clone();
+    assert_eq!(v2_row["state"], "UNAVAILABLE");
+    assert!(
+        v2_row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification"),
+        "{v2_row}"
+    );
+    // Production is broken, so an unversioned request gets the newest serving version.
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]});
+    let (status, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(
+        (status, out["model_version"].as_str()),
+        (200, Some("1")),
+        "{out}"
+    );
+    let (status, _) = server
+        .post_json("/v2/models/iris/versions/2/infer", &body)
+        .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}

@@ -1,0 +1,11 @@
+//! Training for infergate: candle networks trained on CPU with a seed, knowledge distillation,
+//! int8 post-training quantization, ONNX and safetensors export, and registration with
+//! lineage, metrics and drift baselines.
+
+pub mod data;
+pub mod eval;
+pub mod export;
+pub mod pipeline;
+pub mod quantize;
+pub mod rng;
+pub mod train;
