@@ -88,72 +88,98 @@ pub fn evaluate(logits: &[f32], labels: &[u32], classes: usize) -> Evaluation {
     }
 }
 
-/// Training loss and validation accuracy per epoch, one line per run.
+/// Two panels per epoch, one line per run: validation accuracy, and training loss relative to
+/// the run's first epoch (distillation and plain losses differ in scale).
 pub fn curves_svg(runs: &[(&str, &History)]) -> String {
-    let (w, h, pad) = (640.0, 360.0, 50.0);
+    let (pw, ph, pad) = (360.0, 280.0, 48.0);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
     let epochs = runs
         .iter()
         .map(|(_, r)| r.epochs.len())
         .max()
         .unwrap_or(1)
         .max(2) as f64;
-    let max_loss = runs
+    let accs = runs
         .iter()
-        .flat_map(|(_, r)| r.epochs.iter().map(|e| e.train_loss))
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
-    let x = |e: usize| pad + (e as f64 - 1.0) / (epochs - 1.0) * (w - 2.0 * pad);
+        .flat_map(|(_, r)| r.epochs.iter().map(|e| e.val_accuracy));
+    let (lo, hi) = accs.fold((1.0f64, 0.0f64), |(lo, hi), a| (lo.min(a), hi.max(a)));
+    let (lo, hi) = ((lo - 0.01).max(0.0), (hi + 0.01).min(1.0));
+    let rel = |r: &History, e: &crate::train::EpochStats| {
+        e.train_loss / r.epochs[0].train_loss.max(1e-12)
+    };
+    let max_rel = runs
+        .iter()
+        .flat_map(|(_, r)| r.epochs.iter().map(move |e| rel(r, e)))
+        .fold(1.0f64, f64::max);
+    let x = |left: f64, e: usize| left + pad + (e as f64 - 1.0) / (epochs - 1.0) * (pw - 1.5 * pad);
+    let y = |v: f64| ph - pad - v * (ph - 2.0 * pad);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\
-         <text x=\"{pad}\" y=\"20\">training loss (dashed, left scale 0–{max_loss:.2}) and validation accuracy (solid, right scale 0.5–1.0) per epoch</text>\
-         <line x1=\"{pad}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>",
-        h - pad,
-        w - pad,
-        h - pad
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{ph}\" font-family=\"sans-serif\" font-size=\"12\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>",
+        2.0 * pw
     );
+    for (panel, title) in ["validation accuracy", "training loss / first epoch"]
+        .iter()
+        .enumerate()
+    {
+        let left = panel as f64 * pw;
+        let _ = write!(
+            svg,
+            "<text x=\"{}\" y=\"20\">{title}</text>\
+             <line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\
+             <line x1=\"{}\" y1=\"{pad}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\
+             <text x=\"{}\" y=\"{}\">epoch 1 … {epochs}</text>",
+            left + pad,
+            left + pad,
+            ph - pad,
+            left + pw - pad / 2.0,
+            ph - pad,
+            left + pad,
+            left + pad,
+            ph - pad,
+            left + pw / 2.0 - 20.0,
+            ph - 15.0
+        );
+        let (bottom, top) = if panel == 0 { (lo, hi) } else { (0.0, max_rel) };
+        for (v, yy) in [(bottom, y(0.0)), (top, y(1.0))] {
+            let _ = write!(
+                svg,
+                "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{v:.3}</text>",
+                left + pad - 4.0,
+                yy + 4.0
+            );
+        }
+    }
     for (i, (name, run)) in runs.iter().enumerate() {
         let color = colors[i % colors.len()];
-        let loss: Vec<String> = run
-            .epochs
-            .iter()
-            .map(|e| {
-                format!(
-                    "{:.1},{:.1}",
-                    x(e.epoch),
-                    h - pad - e.train_loss / max_loss * (h - 2.0 * pad)
-                )
-            })
-            .collect();
         let acc: Vec<String> = run
             .epochs
             .iter()
             .map(|e| {
                 format!(
                     "{:.1},{:.1}",
-                    x(e.epoch),
-                    h - pad - ((e.val_accuracy - 0.5) / 0.5).clamp(0.0, 1.0) * (h - 2.0 * pad)
+                    x(0.0, e.epoch),
+                    y((e.val_accuracy - lo) / (hi - lo))
                 )
             })
             .collect();
+        let loss: Vec<String> = run
+            .epochs
+            .iter()
+            .map(|e| format!("{:.1},{:.1}", x(pw, e.epoch), y(rel(run, e) / max_rel)))
+            .collect();
         let _ = write!(
             svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-dasharray=\"5,4\" points=\"{}\"/>\
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\
              <polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>\
              <text x=\"{}\" y=\"{}\" fill=\"{color}\">{name}</text>",
-            loss.join(" "),
             acc.join(" "),
-            w - pad - 120.0,
+            loss.join(" "),
+            2.0 * pw - 90.0,
             40.0 + 16.0 * i as f64
         );
     }
-    let _ = write!(
-        svg,
-        "<text x=\"{}\" y=\"{}\">epoch 1 … {epochs}</text></svg>",
-        w / 2.0 - 30.0,
-        h - 15.0
-    );
+    svg.push_str("</svg>");
     svg
 }
 

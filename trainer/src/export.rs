@@ -94,6 +94,16 @@ impl Graph {
         self.init_raw(name, dtype::INT64, &[values.len()], raw)
     }
 
+    /// The value of a scalar float initializer added earlier.
+    pub fn scalar(&self, name: &str) -> f32 {
+        let t = self
+            .initializers
+            .iter()
+            .find(|t| t.name == name)
+            .expect("initializer added before use");
+        f32::from_le_bytes(t.raw_data[..4].try_into().expect("a float"))
+    }
+
     pub fn finish(self, arch: &Arch, doc: &str) -> Vec<u8> {
         let f = arch.features() as i64;
         let c = arch.classes() as i64;
@@ -170,13 +180,15 @@ pub fn onnx(net: &Net) -> anyhow::Result<Vec<u8>> {
                 &format!("conv{i}"),
                 vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
             );
-            h = g.node("Relu", &[&h], &format!("conv{i}_relu"), vec![]);
+            // Pooling before ReLU gives the same values (ReLU is monotonic) on a quarter of
+            // the elements; the candle network and the int8 export do the same.
             h = g.node(
                 "MaxPool",
                 &[&h],
                 &format!("pool{i}"),
                 vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
             );
+            h = g.node("Relu", &[&h], &format!("conv{i}_relu"), vec![]);
         }
         h = g.node("Flatten", &[&h], "flat", vec![int("axis", 1)]);
     }

@@ -38,9 +38,10 @@ impl Range {
     }
 }
 
-/// Input and pre-bias output ranges of every weighted layer over `calibration`.
-fn calibrate(net: &Net, calibration: &Dataset) -> anyhow::Result<HashMap<String, (Range, Range)>> {
-    let mut ranges: HashMap<String, (Range, Range)> = HashMap::new();
+/// Per weighted layer: the input range, the output range before the bias, and the range
+/// after bias and ReLU, over `calibration`.
+fn calibrate(net: &Net, calibration: &Dataset) -> anyhow::Result<HashMap<String, [Range; 3]>> {
+    let mut ranges: HashMap<String, [Range; 3]> = HashMap::new();
     let idx: Vec<usize> = (0..calibration.len()).collect();
     for chunk in idx.chunks(500) {
         let mut x = Vec::with_capacity(chunk.len() * calibration.features);
@@ -53,9 +54,12 @@ fn calibrate(net: &Net, calibration: &Dataset) -> anyhow::Result<HashMap<String,
                 min: f32::INFINITY,
                 max: f32::NEG_INFINITY,
             };
-            let entry = ranges.entry(layer.to_owned()).or_insert((empty, empty));
-            entry.0.include(input)?;
-            entry.1.include(output)
+            let entry = ranges.entry(layer.to_owned()).or_insert([empty; 3]);
+            entry[0].include(input)?;
+            entry[1].include(output)?;
+            // Outputs are [.., channels] with the bias on the last dimension.
+            let bias = &net.params()[&format!("{layer}.bias")];
+            entry[2].include(&output.broadcast_add(bias)?.relu()?)
         })?;
     }
     Ok(ranges)
@@ -78,58 +82,49 @@ fn per_channel(w: &[f32], rows: usize) -> (Vec<u8>, Vec<f32>) {
     (q, scales)
 }
 
+/// A quantized activation in the graph: tensor name with its scale and zero-point names.
+struct Quantized {
+    tensor: String,
+    scale: String,
+    zero: String,
+}
+
+fn affine(g: &mut Graph, name: &str, (scale, zero): (f32, u8)) -> (String, String) {
+    (
+        g.init_f32(&format!("{name}.scale"), &[], &[scale]),
+        g.init_raw(&format!("{name}.zero"), dtype::UINT8, &[], vec![zero]),
+    )
+}
+
+fn quantize_input(g: &mut Graph, layer: &str, h: &str, range: Range) -> Quantized {
+    let (scale, zero) = affine(g, &format!("{layer}.x"), range.uint8());
+    let tensor = g.node(
+        "QuantizeLinear",
+        &[h, &scale, &zero],
+        &format!("{layer}.x_q"),
+        vec![],
+    );
+    Quantized {
+        tensor,
+        scale,
+        zero,
+    }
+}
+
 /// The int8 ONNX model of `net`, calibrated on `calibration` rows.
+///
+/// After the first convolution (float, see below) the convolutions stay in the integer
+/// domain: each `QLinearConv`
+/// takes its bias as int32 and its output quantization starts at zero, so the ReLU is the
+/// saturation itself and max-pooling runs on uint8. Fully connected layers use
+/// `QLinearMatMul` with the bias added after dequantization.
 pub fn quantize(net: &Net, calibration: &Dataset) -> anyhow::Result<Vec<u8>> {
     let ranges = calibrate(net, calibration)?;
     let arch = net.arch();
     let p = net.params();
     let mut g = Graph::default();
-    // Quantizes float `h` with the layer's input range, runs the integer op, dequantizes.
-    let qlinear = |g: &mut Graph,
-                   op: &str,
-                   layer: &str,
-                   h: &str,
-                   w_q: Vec<u8>,
-                   w_dims: &[usize],
-                   w_scales: Vec<f32>,
-                   attrs|
-     -> String {
-        let (input, output) = ranges[layer];
-        let (xs, xz) = input.uint8();
-        let (ys, yz) = output.uint8();
-        let xs_n = g.init_f32(&format!("{layer}.x_scale"), &[], &[xs]);
-        let xz_n = g.init_raw(&format!("{layer}.x_zero"), dtype::UINT8, &[], vec![xz]);
-        let channels = w_scales.len();
-        let ws_n = g.init_f32(&format!("{layer}.w_scale"), &[channels], &w_scales);
-        let wz_n = g.init_raw(
-            &format!("{layer}.w_zero"),
-            dtype::INT8,
-            &[channels],
-            vec![0; channels],
-        );
-        let w_n = g.init_raw(&format!("{layer}.w_int8"), dtype::INT8, w_dims, w_q);
-        let ys_n = g.init_f32(&format!("{layer}.y_scale"), &[], &[ys]);
-        let yz_n = g.init_raw(&format!("{layer}.y_zero"), dtype::UINT8, &[], vec![yz]);
-        let xq = g.node(
-            "QuantizeLinear",
-            &[h, &xs_n, &xz_n],
-            &format!("{layer}.x_q"),
-            vec![],
-        );
-        let yq = g.node(
-            op,
-            &[&xq, &xs_n, &xz_n, &w_n, &ws_n, &wz_n, &ys_n, &yz_n],
-            &format!("{layer}.y_q"),
-            attrs,
-        );
-        g.node(
-            "DequantizeLinear",
-            &[&yq, &ys_n, &yz_n],
-            &format!("{layer}.y"),
-            vec![],
-        )
-    };
     let mut h = "input".to_owned();
+    let mut carried: Option<Quantized> = None;
     if let Arch::Cnn {
         height,
         width,
@@ -141,29 +136,84 @@ pub fn quantize(net: &Net, calibration: &Dataset) -> anyhow::Result<Vec<u8>> {
         h = g.node("Reshape", &[&h, &shape], "image", vec![]);
         for (i, &cout) in channels.iter().enumerate() {
             let layer = format!("conv{i}");
+            let [input, _, relu] = ranges[&layer];
+            if i == 0 {
+                // One input channel: ONNX Runtime's integer convolution is several times
+                // slower than the float one here, and the layer holds a few dozen weights.
+                // It runs in float and its output enters the integer domain.
+                let w = &p[&format!("{layer}.weight")];
+                let wn = g.init_f32(&format!("{layer}.weight"), w.dims(), &values(w)?);
+                let bn = g.init_f32(
+                    &format!("{layer}.bias"),
+                    &[cout],
+                    &values(&p[&format!("{layer}.bias")])?,
+                );
+                let attrs = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
+                h = g.node("Conv", &[&h, &wn, &bn], &layer, attrs);
+                h = g.node(
+                    "MaxPool",
+                    &[&h],
+                    &format!("pool{i}"),
+                    vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+                );
+                h = g.node("Relu", &[&h], &format!("{layer}.relu"), vec![]);
+                carried = Some(quantize_input(&mut g, &format!("conv{}", i + 1), &h, relu));
+                continue;
+            }
+            let x = match carried.take() {
+                Some(q) => q,
+                None => quantize_input(&mut g, &layer, &h, input),
+            };
+            let x_scale = g.scalar(&x.scale);
             let w = &p[&format!("{layer}.weight")];
             let (w_q, w_s) = per_channel(&values(w)?, cout);
-            let attrs = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
-            h = qlinear(&mut g, "QLinearConv", &layer, &h, w_q, w.dims(), w_s, attrs);
-            let b = g.init_f32(
-                &format!("{layer}.bias"),
-                &[1, cout, 1, 1],
-                &values(&p[&format!("{layer}.bias")])?,
+            let w_n = g.init_raw(&format!("{layer}.w_int8"), dtype::INT8, w.dims(), w_q);
+            let ws_n = g.init_f32(&format!("{layer}.w_scale"), &[cout], &w_s);
+            let wz_n = g.init_raw(
+                &format!("{layer}.w_zero"),
+                dtype::INT8,
+                &[cout],
+                vec![0; cout],
             );
-            h = g.node("Add", &[&h, &b], &format!("{layer}.biased"), vec![]);
-            h = g.node("Relu", &[&h], &format!("{layer}.relu"), vec![]);
-            h = g.node(
+            let bias: Vec<u8> = values(&p[&format!("{layer}.bias")])?
+                .iter()
+                .zip(&w_s)
+                .flat_map(|(b, s)| ((b / (x_scale * s)).round() as i32).to_le_bytes())
+                .collect();
+            let b_n = g.init_raw(&format!("{layer}.bias_int32"), dtype::INT32, &[cout], bias);
+            let (y_scale, y_zero) = affine(&mut g, &format!("{layer}.y"), relu.uint8());
+            let y = g.node(
+                "QLinearConv",
+                &[
+                    &x.tensor, &x.scale, &x.zero, &w_n, &ws_n, &wz_n, &y_scale, &y_zero, &b_n,
+                ],
+                &format!("{layer}.y_q"),
+                vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+            );
+            let pooled = g.node(
                 "MaxPool",
-                &[&h],
+                &[&y],
                 &format!("pool{i}"),
                 vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
             );
+            carried = Some(Quantized {
+                tensor: pooled,
+                scale: y_scale,
+                zero: y_zero,
+            });
         }
-        h = g.node("Flatten", &[&h], "flat", vec![int("axis", 1)]);
+        let q = carried.take().expect("a cnn has convolutions");
+        let flat = g.node("Flatten", &[&q.tensor], "flat_q", vec![int("axis", 1)]);
+        carried = Some(Quantized { tensor: flat, ..q });
     }
     let layers = arch.dense_layers();
     for (i, &(fin, fout)) in layers.iter().enumerate() {
         let layer = format!("fc{i}");
+        let [input, output, _] = ranges[&layer];
+        let x = match carried.take() {
+            Some(q) => q,
+            None => quantize_input(&mut g, &layer, &h, input),
+        };
         let (w_q, w_s) = per_channel(&values(&p[&format!("{layer}.weight")])?, fout);
         // QLinearMatMul takes B as [in, out] with one scale per column.
         let mut b_q = vec![0u8; w_q.len()];
@@ -172,14 +222,27 @@ pub fn quantize(net: &Net, calibration: &Dataset) -> anyhow::Result<Vec<u8>> {
                 b_q[k * fout + o] = w_q[o * fin + k];
             }
         }
-        h = qlinear(
-            &mut g,
+        let w_n = g.init_raw(&format!("{layer}.w_int8"), dtype::INT8, &[fin, fout], b_q);
+        let ws_n = g.init_f32(&format!("{layer}.w_scale"), &[fout], &w_s);
+        let wz_n = g.init_raw(
+            &format!("{layer}.w_zero"),
+            dtype::INT8,
+            &[fout],
+            vec![0; fout],
+        );
+        let (y_scale, y_zero) = affine(&mut g, &format!("{layer}.y"), output.uint8());
+        let y = g.node(
             "QLinearMatMul",
-            &layer,
-            &h,
-            b_q,
-            &[fin, fout],
-            w_s,
+            &[
+                &x.tensor, &x.scale, &x.zero, &w_n, &ws_n, &wz_n, &y_scale, &y_zero,
+            ],
+            &format!("{layer}.y_q"),
+            vec![],
+        );
+        h = g.node(
+            "DequantizeLinear",
+            &[&y, &y_scale, &y_zero],
+            &format!("{layer}.y"),
             vec![],
         );
         let b = g.init_f32(

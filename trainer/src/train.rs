@@ -33,6 +33,10 @@ pub struct TrainConfig {
 pub struct Distill {
     pub temperature: f64,
     pub alpha: f64,
+    /// Start the student's layers that have the teacher's shape (its convolutions) from the
+    /// teacher's weights, as DistilBERT starts from its teacher's layers.
+    #[serde(default)]
+    pub inherit_layers: bool,
 }
 
 /// One epoch of a run.
@@ -140,10 +144,20 @@ pub fn train(
     cfg: &TrainConfig,
     train: &Dataset,
     val: &Dataset,
-    teacher: Option<&[f32]>,
+    teacher: Option<(&Net, &[f32])>,
     label: &str,
 ) -> anyhow::Result<(Net, History)> {
-    let vars = init_params(arch, cfg.seed)?;
+    let mut vars = init_params(arch, cfg.seed)?;
+    if let (Some(d), Some((net, _))) = (cfg.distill, teacher)
+        && d.inherit_layers
+    {
+        for (name, var) in &mut vars {
+            if let Some(t) = net.params().get(name).filter(|t| t.dims() == var.dims()) {
+                *var = Var::from_tensor(&t.copy()?)?;
+            }
+        }
+    }
+    let teacher = teacher.map(|(_, logits)| logits);
     let mut opt = AdamW::new(
         vars.iter().map(|(_, v)| v.clone()).collect(),
         ParamsAdamW {

@@ -142,45 +142,59 @@ fn candle_and_ort_backends_agree_on_the_same_model() {
 }
 
 #[test]
-fn quantized_model_uses_integer_operators() {
+fn quantized_model_uses_integer_operators_and_tracks_the_float_model() {
+    let ort = ort();
     let net = random_net(
         Arch::Cnn {
             height: 8,
             width: 8,
-            channels: vec![4],
+            channels: vec![4, 8],
             hidden: 16,
             classes: 10,
         },
         1,
     );
-    let calib: Dataset = data::digits().subset(&(0..100).collect::<Vec<_>>());
-    let model = ModelProto::decode(quantize::quantize(&net, &calib).unwrap().as_slice()).unwrap();
-    let ops: Vec<&str> = model
-        .graph
-        .as_ref()
-        .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type.as_str())
-        .collect();
-    assert!(
-        ops.contains(&"QLinearConv") && ops.contains(&"QLinearMatMul"),
+    let digits = data::digits();
+    let calib: Dataset = digits.subset(&(0..300).collect::<Vec<_>>());
+    let int8 = quantize::quantize(&net, &calib).unwrap();
+    let model = ModelProto::decode(int8.as_slice()).unwrap();
+    let graph = model.graph.as_ref().unwrap();
+    let ops: Vec<&str> = graph.node.iter().map(|n| n.op_type.as_str()).collect();
+    // The one-channel first convolution stays float; every other weighted layer is integer.
+    assert_eq!(ops.iter().filter(|op| **op == "Conv").count(), 1, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|op| **op == "QLinearConv").count(),
+        1,
+        "{ops:?}"
+    );
+    assert_eq!(
+        ops.iter().filter(|op| **op == "QLinearMatMul").count(),
+        2,
         "{ops:?}"
     );
     assert!(
-        !ops.iter()
-            .any(|op| matches!(*op, "Conv" | "Gemm" | "MatMul")),
+        !ops.iter().any(|op| matches!(*op, "Gemm" | "MatMul")),
         "{ops:?}"
     );
-    let int8_weights = model
-        .graph
-        .as_ref()
-        .unwrap()
+    let int8_weights = graph
         .initializer
         .iter()
         .filter(|t| t.name.ends_with(".w_int8"))
         .count();
     assert_eq!(int8_weights, 3);
+    // It computes nearly what the float network computes: the same class for almost every row.
+    let float = train::logits(&net, &digits).unwrap();
+    let quant = pipeline::ort_logits(&ort, &int8, &digits, 10).unwrap();
+    let same = float
+        .chunks(10)
+        .zip(quant.chunks(10))
+        .filter(|(a, b)| train::argmax(a) == train::argmax(b))
+        .count();
+    assert!(
+        same as f64 >= 0.97 * digits.len() as f64,
+        "{same} of {} rows agree",
+        digits.len()
+    );
 }
 
 #[test]

@@ -240,7 +240,8 @@ impl Net {
                 let b = self.p(&format!("{name}.bias"));
                 let y = conv3x3_nhwc(&h, w)?;
                 observe(&name, &h, &y)?;
-                h = max_pool2_nhwc(&y.broadcast_add(b)?.relu()?)?;
+                // relu(pool(x)) = pool(relu(x)), on a quarter of the elements.
+                h = max_pool2_nhwc(&y.broadcast_add(b)?)?.relu()?;
             }
             h = h.permute((0, 3, 1, 2))?.flatten_from(1)?;
         }
@@ -305,6 +306,15 @@ pub struct CandleFactory {
 impl CandleFactory {
     /// Builds the network of `arch` from safetensors bytes; `origin` names them in errors.
     pub fn from_safetensors(arch: Arch, bytes: &[u8], origin: &str) -> Result<Self, RuntimeError> {
+        Ok(Self::new(Self::net_from_safetensors(arch, bytes, origin)?))
+    }
+
+    /// The network of `arch` with its weights read from safetensors bytes.
+    pub fn net_from_safetensors(
+        arch: Arch,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<Net, RuntimeError> {
         let params = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
             RuntimeError::Load {
                 path: origin.to_owned(),
@@ -316,7 +326,7 @@ impl CandleFactory {
             .map(|(k, v)| Ok((k, v.to_dtype(candle_core::DType::F32)?)))
             .collect::<candle_core::Result<_>>()
             .map_err(candle_error)?;
-        Ok(Self::new(Net::new(arch, params)?))
+        Net::new(arch, params)
     }
 
     pub fn new(net: Net) -> Self {

@@ -141,6 +141,25 @@ async fn serves_production_by_default_every_version_by_number_and_shows_lineage(
     let body = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1.0, 1.0, 1.0]}]});
     let (status, out) = server.post_json("/v2/models/tiny/infer", &body).await;
     assert_eq!(status, 400, "{out}");
+
+    // Another process promotes version 2; a load through the management API picks it up.
+    Registry::open(dir.path())
+        .unwrap()
+        .promote("iris", 2, "production", false, "carol")
+        .unwrap();
+    let r = server
+        .http
+        .post(server.admin_url("/v2/repository/models/iris/load"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": x}]});
+    let (_, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(out["model_version"], "2");
+    let (_, meta) = server.get_json("/v2/models/iris/versions/2").await;
+    assert_eq!(meta["parameters"]["aliases"], "production");
     server.stop().await;
 }
 
