@@ -77,7 +77,7 @@ impl Default for ServerConfig {
 }
 
 /// Model sources.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
     /// A Triton-layout repository: `<dir>/<model>/<version>/model.onnx`.
@@ -85,6 +85,19 @@ pub struct ModelsConfig {
     /// A model registry (`infergate registry`, `infergate-train`): every model's `production`
     /// alias is served as its default version, every version by number.
     pub registry: Option<PathBuf>,
+    /// How often the server checks the registry for new versions and moved aliases (hot
+    /// swap), in milliseconds; 0 turns following off.
+    pub registry_poll_ms: u64,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        Self {
+            repository: None,
+            registry: None,
+            registry_poll_ms: 2000,
+        }
+    }
 }
 
 /// Execution defaults for every model.

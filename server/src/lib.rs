@@ -134,6 +134,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .set(gateway.repository.all_versions().len() as i64);
 
     let mut servers = tokio::task::JoinSet::new();
+    let poll = Duration::from_millis(gateway.config.models.registry_poll_ms);
+    if gateway.repository.has_registry() && !poll.is_zero() {
+        tokio::spawn(follow_registry(
+            Arc::clone(&gateway),
+            poll,
+            shutdown.clone(),
+        ));
+    }
     let stop = shutdown.clone();
     // Small responses must not wait for Nagle's algorithm.
     let http_listener = listeners.http.tap_io(|tcp| {
@@ -184,4 +192,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("infergate stopped");
     Ok(())
+}
+
+/// Polls the registry and hot-swaps what changed until shutdown.
+async fn follow_registry(gateway: Arc<Gateway>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let changed = gateway.repository.sync_registry().await;
+        if !changed.is_empty() {
+            gateway
+                .metrics
+                .loaded_versions
+                .set(gateway.repository.all_versions().len() as i64);
+            tracing::info!(models = ?changed, "registry changes applied");
+        }
+    }
 }

@@ -65,6 +65,8 @@ struct Entry {
     /// The version served when a request names none (the registry's `production` alias);
     /// otherwise the newest.
     default_version: Option<u64>,
+    /// The registry's aliases of this model, as last loaded.
+    aliases: BTreeMap<String, u32>,
     /// Versions that failed to load (or the whole model, keyed by `None`), with the reason.
     failures: BTreeMap<Option<u64>, String>,
     unloaded: bool,
@@ -553,55 +555,238 @@ fn load_registry_model(
     name: &str,
 ) -> Entry {
     let mut entry = Entry::default();
-    let (records, aliases) = match registry
-        .versions(name)
-        .and_then(|v| Ok((v, registry.aliases(name)?)))
-    {
+    let (records, aliases) = match registry_state(registry, name) {
         Ok(found) => found,
         Err(e) => {
-            entry.failures.insert(None, e.to_string());
+            entry.failures.insert(None, e);
             return entry;
         }
     };
-    let config = ModelConfig::default();
-    let instances = defaults.instances;
     for record in &records {
         let version = u64::from(record.version);
-        match start_registry_version(registry, runtime, defaults, record) {
-            Ok(model) => {
-                let mut loaded = new_version(
-                    name,
-                    version,
-                    model,
-                    config.clone(),
-                    instances,
-                    record
-                        .serving_artifact()
-                        .map(|a| format!("sha256:{}", a.digest))
-                        .unwrap_or_default(),
-                    None,
-                );
-                loaded
-                    .properties
-                    .extend(registry_properties(record, &aliases));
+        match load_registry_version(registry, runtime, defaults, record) {
+            Ok(loaded) => {
                 entry.versions.insert(version, Arc::new(loaded));
             }
             Err(e) => {
-                tracing::error!(model = %name, version, error = %e, "registry version failed to load");
                 entry.failures.insert(Some(version), e);
             }
         }
     }
-    entry.default_version = aliases
-        .get("production")
-        .map(|&v| u64::from(v))
-        .filter(|v| entry.versions.contains_key(v));
-    if let Some(&v) = aliases.get("production")
-        && entry.default_version.is_none()
-    {
-        tracing::error!(model = %name, version = v, "the production version is not serving; requests without a version get the newest");
-    }
+    entry.set_aliases(name, aliases);
     entry
+}
+
+/// A model's versions and aliases in the registry.
+fn registry_state(
+    registry: &Registry,
+    name: &str,
+) -> Result<(Vec<VersionRecord>, BTreeMap<String, u32>), String> {
+    registry
+        .versions(name)
+        .and_then(|v| Ok((v, registry.aliases(name)?)))
+        .map_err(|e| e.to_string())
+}
+
+impl Entry {
+    /// Records the aliases and points the default at `production` when it is serving.
+    fn set_aliases(&mut self, name: &str, aliases: BTreeMap<String, u32>) {
+        self.default_version = aliases
+            .get("production")
+            .map(|&v| u64::from(v))
+            .filter(|v| self.versions.contains_key(v));
+        if let Some(&v) = aliases.get("production")
+            && self.default_version.is_none()
+        {
+            tracing::error!(model = %name, version = v, "the production version is not serving; requests without a version get the newest");
+        }
+        self.aliases = aliases;
+    }
+}
+
+/// Blocking: starts one registry version (artifact verified) as a served version.
+fn load_registry_version(
+    registry: &Registry,
+    runtime: Option<&OrtRuntime>,
+    defaults: &RuntimeConfig,
+    record: &VersionRecord,
+) -> Result<ModelVersion, String> {
+    let version = u64::from(record.version);
+    let model = start_registry_version(registry, runtime, defaults, record).inspect_err(|e| {
+        tracing::error!(model = %record.model, version, error = %e, "registry version failed to load");
+    })?;
+    let digest = record
+        .serving_artifact()
+        .map(|a| format!("sha256:{}", a.digest))
+        .unwrap_or_default();
+    let mut loaded = new_version(
+        &record.model,
+        version,
+        model,
+        ModelConfig::default(),
+        defaults.instances,
+        digest,
+        None,
+    );
+    loaded.properties.extend(registry_properties(record));
+    Ok(loaded)
+}
+
+/// Runs one request of zeros (batch 1) through a new version so its first real request does
+/// not pay for lazy initialization. Models with BYTES inputs are not warmed up.
+async fn warm_up(version: &ModelVersion) -> Result<(), String> {
+    let mut inputs = Vec::new();
+    for spec in &version.model.signature().inputs {
+        let Some(size) = spec.dtype.size() else {
+            return Ok(());
+        };
+        let shape: Vec<i64> = spec.shape.iter().map(|&d| d.max(1)).collect();
+        let count = shape.iter().product::<i64>() as usize;
+        let tensor = infergate_runtime::Tensor::from_raw(
+            spec.dtype,
+            shape,
+            bytes::Bytes::from(vec![0u8; count * size]),
+        )
+        .map_err(|e| e.to_string())?;
+        inputs.push(infergate_runtime::NamedTensor::new(
+            spec.name.as_str(),
+            tensor,
+        ));
+    }
+    version
+        .model
+        .infer(inputs)
+        .map_err(|e| e.to_string())?
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("warm-up failed: {e}"))
+}
+
+impl Repository {
+    /// Brings registry models in line with the registry (a hot swap): versions registered
+    /// since are loaded, verified and warmed up before they serve; the default version follows
+    /// `production`; versions already serving are kept as they are, so no request is
+    /// interrupted. A version that fails to load is reported in the index (and not retried until a
+    /// management load) while everything else keeps serving. Returns the models that changed.
+    pub async fn sync_registry(&self) -> Vec<String> {
+        let Some(registry) = self.registry.clone() else {
+            return Vec::new();
+        };
+        let _guard = self.control.lock().await;
+        let reader = Arc::clone(&registry);
+        let snapshot = tokio::task::spawn_blocking(move || {
+            reader.models().map(|models| {
+                models
+                    .into_iter()
+                    .map(|m| {
+                        let state = registry_state(&reader, &m.name);
+                        (m.name, state)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await;
+        let snapshot = match snapshot {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the registry");
+                return Vec::new();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "registry reader failed");
+                return Vec::new();
+            }
+        };
+        let mut changed = Vec::new();
+        for (name, state) in snapshot {
+            let Ok((records, aliases)) = state else {
+                continue;
+            };
+            if self.root.as_ref().is_some_and(|r| r.join(&name).is_dir()) {
+                continue; // served from the repository folder
+            }
+            let current = self.models.load().get(&name).cloned().unwrap_or_default();
+            if current.unloaded {
+                continue; // unloaded on purpose: a management load brings it back
+            }
+            let new: Vec<VersionRecord> = records
+                .into_iter()
+                .filter(|r| {
+                    let v = u64::from(r.version);
+                    !current.versions.contains_key(&v) && !current.failures.contains_key(&Some(v))
+                })
+                .collect();
+            if new.is_empty() && current.aliases == aliases {
+                continue;
+            }
+            let (runtime, defaults, reader) = (
+                self.runtime.clone(),
+                self.defaults.clone(),
+                Arc::clone(&registry),
+            );
+            let started = tokio::task::spawn_blocking(move || {
+                new.iter()
+                    .map(|r| {
+                        (
+                            u64::from(r.version),
+                            load_registry_version(&reader, runtime.as_ref(), &defaults, r),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap_or_default();
+            let mut entry = current.clone();
+            for (version, result) in started {
+                let result = match result {
+                    Ok(loaded) => warm_up(&loaded).await.map(|()| loaded),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(loaded) => {
+                        tracing::info!(model = %name, version, "registry version ready");
+                        entry.versions.insert(version, Arc::new(loaded));
+                    }
+                    Err(e) => {
+                        tracing::error!(model = %name, version, error = %e, "registry version not swapped in");
+                        entry.failures.insert(Some(version), e);
+                    }
+                }
+            }
+            let before = entry.default_version;
+            entry.set_aliases(&name, aliases);
+            if entry.default_version != before {
+                tracing::info!(model = %name, from = ?before, to = ?entry.default_version, "default version swapped");
+            }
+            self.models.rcu(|models| {
+                let mut models = BTreeMap::clone(models);
+                models.insert(name.clone(), entry.clone());
+                models
+            });
+            changed.push(name);
+        }
+        changed
+    }
+
+    /// Whether a registry is configured (and worth following).
+    pub fn has_registry(&self) -> bool {
+        self.registry.is_some()
+    }
+
+    /// The registry aliases pointing at `version` of `name`.
+    pub fn aliases_of(&self, name: &str, version: u64) -> Vec<String> {
+        self.models
+            .load()
+            .get(name)
+            .map(|e| {
+                e.aliases
+                    .iter()
+                    .filter(|(_, v)| u64::from(**v) == version)
+                    .map(|(a, _)| a.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 fn start_registry_version(
@@ -642,10 +827,7 @@ fn start_registry_version(
 }
 
 /// Metadata properties of a registry version.
-fn registry_properties(
-    record: &VersionRecord,
-    aliases: &BTreeMap<String, u32>,
-) -> BTreeMap<String, String> {
+fn registry_properties(record: &VersionRecord) -> BTreeMap<String, String> {
     let mut props = BTreeMap::new();
     props.insert("registry_platform".to_string(), record.platform.clone());
     props.insert(
@@ -665,12 +847,6 @@ fn registry_properties(
             .collect::<Vec<_>>()
             .join(","),
     );
-    let mine: Vec<&str> = aliases
-        .iter()
-        .filter(|(_, v)| **v == record.version)
-        .map(|(a, _)| a.as_str())
-        .collect();
-    props.insert("aliases".to_string(), mine.join(","));
     props.insert("author".to_string(), record.author.clone());
     props.insert(
         "created_at".to_string(),

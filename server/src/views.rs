@@ -51,11 +51,20 @@ pub fn metadata(
         platform: target.model.platform().to_string(),
         inputs: signature.inputs.iter().map(tensor_meta).collect(),
         outputs: signature.outputs.iter().map(tensor_meta).collect(),
-        properties: target
-            .properties
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
+        properties: {
+            let mut props: std::collections::HashMap<String, String> = target
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            if props.contains_key("registry_platform") {
+                props.insert(
+                    "aliases".to_string(),
+                    repo.aliases_of(name, target.version).join(","),
+                );
+            }
+            props
+        },
     })
 }
 

@@ -15,6 +15,10 @@ use crate::common::{TestServer, direct_ort_f32, f32s, loopback_config, ort_runti
 /// A 2→2 MLP with one hidden unit per output, in the candle backend's safetensors form:
 /// logits = W1·relu(W0·x + b0) + b1 with known weights.
 fn tiny_candle_model() -> Vec<u8> {
+    tiny_candle_model_with_bias(0.5)
+}
+
+fn tiny_candle_model_with_bias(bias: f32) -> Vec<u8> {
     let t = |shape: Vec<usize>, v: &[f32]| {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         (shape, bytes)
@@ -23,7 +27,7 @@ fn tiny_candle_model() -> Vec<u8> {
         ("fc0.weight", t(vec![2, 2], &[1.0, 0.0, 0.0, 2.0])),
         ("fc0.bias", t(vec![2], &[0.0, -1.0])),
         ("fc1.weight", t(vec![2, 2], &[1.0, 1.0, -1.0, 0.5])),
-        ("fc1.bias", t(vec![2], &[0.5, 0.0])),
+        ("fc1.bias", t(vec![2], &[bias, 0.0])),
     ];
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
@@ -46,9 +50,15 @@ fn tiny_candle_model() -> Vec<u8> {
     safetensors::serialize(views, Some(meta)).unwrap()
 }
 
+/// A server over `registry` that does not follow it (changes apply on a management load).
 async fn serve(registry: &std::path::Path) -> TestServer {
+    serve_following(registry, 0).await
+}
+
+async fn serve_following(registry: &std::path::Path, poll_ms: u64) -> TestServer {
     let mut config = loopback_config();
     config.models.registry = Some(registry.to_path_buf());
+    config.models.registry_poll_ms = poll_ms;
     let repository = Repository::new(None, Some(ort_runtime()), config.runtime.clone())
         .with_registry(Arc::new(Registry::open(registry).unwrap()));
     let repository = Arc::new(repository);
@@ -221,4 +231,124 @@ async fn a_corrupt_artifact_is_refused_and_the_other_versions_serve() {
         .await;
     assert_eq!(status, 404);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_elsewhere_is_hot_swapped_under_load_without_a_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "ci")
+        .unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "ci")
+        .unwrap();
+    reg.promote("iris", 1, "production", false, "ci").unwrap();
+    let tiny = dir.path().join("tiny.safetensors");
+    std::fs::write(&tiny, tiny_candle_model()).unwrap();
+    reg.import("tiny", &tiny, "ci").unwrap();
+    reg.promote("tiny", 1, "production", false, "ci").unwrap();
+    let server = Arc::new(serve_following(dir.path(), 100).await);
+
+    // Four clients in closed loops, each recording the version that answered.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (server, stop) = (Arc::clone(&server), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, out) = server.post_json("/v2/models/iris/infer", &body).await;
+                    seen.push((status, out["model_version"].as_str().unwrap_or("").to_string()));
+                }
+                seen
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    Registry::open(dir.path())
+        .unwrap()
+        .promote("iris", 2, "production", false, "release")
+        .unwrap();
+    // The poll is 100 ms; allow a loaded machine ten times that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let (_, meta) = server.get_json("/v2/models/iris/versions/2").await;
+        if meta["parameters"]["aliases"] == "production" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production did not move within 2 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for client in clients {
+        let seen = client.await.unwrap();
+        total += seen.len();
+        assert!(seen.iter().all(|(status, _)| *status == 200), "{seen:?}");
+        // Each client sees version 1, then version 2, never back.
+        let first_two = seen
+            .iter()
+            .position(|(_, v)| v == "2")
+            .expect("the swap reached every client");
+        assert!(seen[..first_two].iter().all(|(_, v)| v == "1"));
+        assert!(seen[first_two..].iter().all(|(_, v)| v == "2"), "{seen:?}");
+    }
+    assert!(total > 20, "only {total} requests ran");
+
+    // A new production whose stored artifact is corrupt is refused; version 1 keeps serving.
+    // (The corrupt blob is in place before the version exists, so no poll can see it intact.)
+    let bytes = tiny_candle_model_with_bias(9.0);
+    let digest = infergate_registry::sha256_hex(&bytes);
+    let blob_dir = dir.path().join("artifacts/sha256").join(&digest[..2]);
+    std::fs::create_dir_all(&blob_dir).unwrap();
+    std::fs::write(blob_dir.join(&digest), b"not the model").unwrap();
+    std::fs::write(&tiny, &bytes).unwrap();
+    assert_eq!(reg.import("tiny", &tiny, "ci").unwrap().version, 2);
+    reg.promote("tiny", 2, "production", true, "release")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let row = loop {
+        let r = server
+            .http
+            .post(server.url("/v2/repository/index"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let index: serde_json::Value = r.json().await.unwrap();
+        if let Some(row) = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "tiny" && e["version"] == "2")
+        {
+            break row.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tiny version 2 never appeared in the index"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["state"], "UNAVAILABLE");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification"),
+        "{row}"
+    );
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 1.0]}]});
+    let (status, out) = server.post_json("/v2/models/tiny/infer", &body).await;
+    assert_eq!(
+        (status, out["model_version"].as_str()),
+        (200, Some("1")),
+        "{out}"
+    );
+    assert_eq!(f32s(&out["outputs"][0]["data"]), vec![2.5, -0.5]);
+    Arc::into_inner(server).unwrap().stop().await;
 }
