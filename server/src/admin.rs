@@ -1,5 +1,5 @@
 //! The admin listener (port 8002): Prometheus metrics and the management API
-//! (repository index, load, unload), kept off the public port.
+//! (repository index, load, unload, pinning a default version), kept off the public port.
 
 use std::sync::Arc;
 
@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use serde_json::json;
 
 use crate::Gateway;
 use crate::http::{error_response, json_response, repository_index};
@@ -20,6 +21,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/admin/models/{model}/pin", axum::routing::delete(unpin))
+        .route("/admin/models/{model}/pin/{version}", post(pin))
         .with_state(gateway)
 }
 
@@ -55,6 +58,34 @@ async fn load(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Respo
 async fn unload(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Response {
     match g.repository.unload(&model).await {
         Ok(()) => json_response(&serde_json::json!({})),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Makes `version` the model's default (over the registry's `production`) until unpinned.
+async fn pin(
+    State(g): State<Arc<Gateway>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    let Ok(number) = version.parse::<u64>() else {
+        return error_response(&crate::error::ServeError::invalid(format!(
+            "version '{version}' is not a number"
+        )));
+    };
+    match g.repository.pin(&model, Some(number)).await {
+        Ok(default) => json_response(
+            &json!({"model": model, "default_version": default.map(|v| v.to_string()), "pinned": true}),
+        ),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Removes a pin: the default follows `production` again.
+async fn unpin(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Response {
+    match g.repository.pin(&model, None).await {
+        Ok(default) => json_response(
+            &json!({"model": model, "default_version": default.map(|v| v.to_string()), "pinned": false}),
+        ),
         Err(e) => error_response(&e),
     }
 }

@@ -67,6 +67,10 @@ struct Entry {
     default_version: Option<u64>,
     /// The registry's aliases of this model, as last loaded.
     aliases: BTreeMap<String, u32>,
+    /// A version an operator pinned as the default, overriding `production`.
+    pinned: Option<u64>,
+    /// Why a serving version was not made the default (e.g. its signature differs).
+    not_default: BTreeMap<u64, String>,
     /// Versions that failed to load (or the whole model, keyed by `None`), with the reason.
     failures: BTreeMap<Option<u64>, String>,
     unloaded: bool,
@@ -189,6 +193,14 @@ impl Repository {
             }
         }
         .map_err(|e| ServeError::internal(format!("model loader failed: {e}")))?;
+        let mut entry = entry;
+        // A pin survives a reload while its version still serves.
+        entry.pinned = self
+            .models
+            .load()
+            .get(name)
+            .and_then(|e| e.pinned)
+            .filter(|v| entry.versions.contains_key(v));
         let result = match (entry.versions.is_empty(), entry.failures.values().next()) {
             (true, Some(reason)) => Err(ServeError::invalid(format!(
                 "failed to load model '{name}': {reason}"
@@ -302,7 +314,8 @@ impl Repository {
         match version.filter(|v| !v.is_empty()) {
             None => Ok(Arc::clone(
                 entry
-                    .default_version
+                    .pinned
+                    .or(entry.default_version)
                     .and_then(|v| entry.versions.get(&v))
                     .or_else(|| entry.versions.values().next_back())
                     .expect("non-empty"),
@@ -360,11 +373,14 @@ impl Repository {
                     out.push(row(String::new(), "UNAVAILABLE", "unloaded".into()))
                 }
                 Some(e) => {
-                    out.extend(
-                        e.versions
-                            .keys()
-                            .map(|v| row(v.to_string(), "READY", String::new())),
-                    );
+                    out.extend(e.versions.keys().map(|v| {
+                        let note = match (e.pinned == Some(*v), e.not_default.get(v)) {
+                            (true, _) => "pinned as the default version".to_string(),
+                            (false, Some(why)) => why.clone(),
+                            (false, None) => String::new(),
+                        };
+                        row(v.to_string(), "READY", note)
+                    }));
                     out.extend(e.failures.iter().map(|(v, reason)| {
                         row(
                             v.map(|v| v.to_string()).unwrap_or_default(),
@@ -591,17 +607,52 @@ fn registry_state(
 impl Entry {
     /// Records the aliases and points the default at `production` when it is serving.
     fn set_aliases(&mut self, name: &str, aliases: BTreeMap<String, u32>) {
-        self.default_version = aliases
+        let previous = self
+            .default_version
+            .and_then(|v| self.versions.get(&v))
+            .cloned();
+        let candidate = aliases
             .get("production")
             .map(|&v| u64::from(v))
             .filter(|v| self.versions.contains_key(v));
+        // Clients of the model name keep the interface they were built against: a new
+        // production with another signature serves by number only.
+        self.default_version = match (candidate, &previous) {
+            (Some(v), Some(old)) if v != old.version => {
+                let new = &self.versions[&v];
+                if new.model.signature() == old.model.signature() {
+                    Some(v)
+                } else {
+                    let why = format!(
+                        "not made the default: its signature differs from version {} (inputs/outputs {:?} vs {:?})",
+                        old.version,
+                        names(new.model.signature()),
+                        names(old.model.signature())
+                    );
+                    tracing::error!(model = %name, version = v, reason = %why, "production swap refused");
+                    self.not_default.insert(v, why);
+                    Some(old.version)
+                }
+            }
+            (candidate, _) => candidate,
+        };
         if let Some(&v) = aliases.get("production")
-            && self.default_version.is_none()
+            && self.default_version != Some(u64::from(v))
+            && !self.not_default.contains_key(&u64::from(v))
         {
             tracing::error!(model = %name, version = v, "the production version is not serving; requests without a version get the newest");
         }
         self.aliases = aliases;
     }
+}
+
+fn names(sig: &infergate_runtime::Signature) -> (Vec<String>, Vec<String>) {
+    let f = |t: &[infergate_runtime::TensorSpec]| {
+        t.iter()
+            .map(|t| format!("{}:{}{:?}", t.name, t.dtype, t.shape))
+            .collect()
+    };
+    (f(&sig.inputs), f(&sig.outputs))
 }
 
 /// Blocking: starts one registry version (artifact verified) as a served version.
@@ -766,6 +817,36 @@ impl Repository {
             changed.push(name);
         }
         changed
+    }
+
+    /// Pins `version` as the model's default (over `production`), or with `None` unpins.
+    pub async fn pin(&self, name: &str, version: Option<u64>) -> Result<Option<u64>, ServeError> {
+        let _guard = self.control.lock().await;
+        let mut entry = self
+            .models
+            .load()
+            .get(name)
+            .filter(|e| !e.unloaded)
+            .cloned()
+            .ok_or_else(|| ServeError::not_found(format!("model '{name}' is not loaded")))?;
+        if let Some(v) = version
+            && !entry.versions.contains_key(&v)
+        {
+            return Err(ServeError::not_found(format!(
+                "model '{name}' has no serving version '{v}'"
+            )));
+        }
+        entry.pinned = version;
+        tracing::info!(model = %name, version = ?version, "default version pinned");
+        self.models.rcu(|models| {
+            let mut models = BTreeMap::clone(models);
+            models.insert(name.to_string(), entry.clone());
+            models
+        });
+        Ok(entry
+            .pinned
+            .or(entry.default_version)
+            .or_else(|| entry.versions.keys().next_back().copied()))
     }
 
     /// Whether a registry is configured (and worth following).

@@ -352,3 +352,120 @@ async fn a_promotion_elsewhere_is_hot_swapped_under_load_without_a_failed_reques
     assert_eq!(f32s(&out["outputs"][0]["data"]), vec![2.5, -0.5]);
     Arc::into_inner(server).unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn operators_pin_a_default_and_a_production_with_another_signature_is_not_swapped_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "ci")
+        .unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "ci")
+        .unwrap();
+    reg.promote("iris", 1, "production", false, "ci").unwrap();
+    let server = serve_following(dir.path(), 50).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let default_version =
+        |out: &serde_json::Value| out["model_version"].as_str().unwrap().to_string();
+    let admin = |method: reqwest::Method, path: &str| {
+        server.http.request(method, server.admin_url(path)).send()
+    };
+
+    let r = admin(reqwest::Method::POST, "/admin/models/iris/pin/2")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["default_version"],
+        "2"
+    );
+    let (_, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(default_version(&out), "2");
+    let r = server
+        .http
+        .post(server.url("/v2/repository/index"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let index: serde_json::Value = r.json().await.unwrap();
+    let row = index
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["version"] == "2")
+        .unwrap();
+    assert_eq!(row["reason"], "pinned as the default version");
+    assert_eq!(
+        admin(reqwest::Method::POST, "/admin/models/iris/pin/9")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        admin(reqwest::Method::POST, "/admin/models/iris/pin/two")
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        admin(reqwest::Method::POST, "/admin/models/nope/pin/1")
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let r = admin(reqwest::Method::DELETE, "/admin/models/iris/pin")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["default_version"],
+        "1"
+    );
+    let (_, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(default_version(&out), "1");
+
+    // Version 3 is another model altogether (two INT32 inputs): promoted, it serves by number
+    // but clients of "iris" keep version 1.
+    reg.import("iris", &repo_dir().join("simple/1/model.onnx"), "ci")
+        .unwrap();
+    reg.promote("iris", 3, "production", false, "ci").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let row = loop {
+        let r = server
+            .http
+            .post(server.url("/v2/repository/index"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let index: serde_json::Value = r.json().await.unwrap();
+        if let Some(row) = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["version"] == "3")
+        {
+            break row.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 3 never appeared in the index"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(row["state"], "READY");
+    assert!(
+        row["reason"]
+            .as_str()
+            .unwrap()
+            .contains("signature differs from version 1"),
+        "{row}"
+    );
+    let (status, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!((status, default_version(&out)), (200, "1".to_string()));
+    let (_, meta) = server.get_json("/v2/models/iris/versions/3").await;
+    assert_eq!(meta["inputs"][0]["name"], "INPUT0");
+    server.stop().await;
+}
