@@ -43,6 +43,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// A/B routes: names clients call that split traffic over model variants.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// A route: requests to `name` go to one of the variants, in proportion to the weights.
+/// A route key (header `x-infergate-route-key`, gRPC metadata of the same name, or the
+/// request parameter `route_key`) makes the choice sticky: one key, one variant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    pub variants: Vec<VariantConfig>,
+}
+
+/// One arm of a route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VariantConfig {
+    /// Returned to clients (response parameter `variant`, header `x-infergate-variant`).
+    pub name: String,
+    pub model: String,
+    /// A version number or registry alias (`production`, `distilled`…); none: the default.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Relative share of the traffic.
+    pub weight: u32,
 }
 
 /// Listener addresses and request-level limits.
@@ -220,6 +246,39 @@ impl Config {
             for (b, addr_b) in &addrs[i + 1..] {
                 if addr_a == addr_b && addr_a.port() != 0 {
                     errors.push(format!("{a} and {b} are both {addr_a}"));
+                }
+            }
+        }
+        let mut route_names = std::collections::HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}] ({})", route.name);
+            if route.name.is_empty() {
+                errors.push(format!("{at}: name must not be empty"));
+            }
+            if !route_names.insert(&route.name) {
+                errors.push(format!("{at}: another route has this name"));
+            }
+            if route
+                .variants
+                .iter()
+                .map(|v| u64::from(v.weight))
+                .sum::<u64>()
+                == 0
+            {
+                errors.push(format!(
+                    "{at}: needs at least one variant with a weight above 0"
+                ));
+            }
+            let mut variant_names = std::collections::HashSet::new();
+            for v in &route.variants {
+                if !variant_names.insert(&v.name) {
+                    errors.push(format!("{at}: two variants are called '{}'", v.name));
+                }
+                if v.model == route.name {
+                    errors.push(format!(
+                        "{at}: variant '{}' routes to the route itself",
+                        v.name
+                    ));
                 }
             }
         }

@@ -57,6 +57,8 @@ pub struct InferRequest {
     pub deadline: Option<Instant>,
     /// Scheduling priority: 1 is the highest, 0 means the model's default level.
     pub priority: u32,
+    /// Sticky routing key for A/B routes (header/metadata `x-infergate-route-key`).
+    pub route_key: Option<String>,
 }
 
 impl InferRequest {
@@ -70,6 +72,7 @@ impl InferRequest {
             outputs: Vec::new(),
             protocol,
             target: None,
+            route_key: None,
             received: Instant::now(),
             deadline: None,
             priority: 0,

@@ -323,6 +323,7 @@ impl Repository {
             Some(label) => label
                 .parse::<u64>()
                 .ok()
+                .or_else(|| entry.aliases.get(label).map(|&v| u64::from(v)))
                 .and_then(|v| entry.versions.get(&v))
                 .cloned()
                 .ok_or_else(|| {

@@ -10,19 +10,22 @@ use crate::layers::cache::{Cache, CacheLayer};
 use crate::layers::execute::Execute;
 use crate::layers::observe::{Observe, ObserveLayer};
 use crate::layers::resolve::{Resolve, ResolveLayer};
+use crate::layers::route::{RouteLayer, RouteService, Routes};
 use crate::layers::validate::{Validate, ValidateLayer};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 
 /// The composed service both front ends call. Admission control (concurrency limits, load
 /// shedding, rate limits) runs in front of it, in the front ends, before bodies are decoded.
-pub type Stack = Observe<Resolve<Account<Validate<Cache<Batch<Execute>>>>>>;
+pub type Stack = Observe<RouteService<Resolve<Account<Validate<Cache<Batch<Execute>>>>>>>;
 
 /// Builds the stack over a repository.
-pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>) -> Stack {
+pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<Routes>) -> Stack {
     ServiceBuilder::new()
         // outermost so every outcome, rejections included, is counted and timed
         .layer(ObserveLayer::new(Arc::clone(&metrics)))
+        // before resolve: a route's name becomes the chosen variant's model and version
+        .layer(RouteLayer::new(routes))
         // before validation: the signature to check against belongs to the resolved version
         .layer(ResolveLayer::new(repository))
         // right below resolve: every outcome of a resolved request lands in its statistics

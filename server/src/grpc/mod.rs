@@ -19,6 +19,7 @@ use tower::ServiceExt;
 
 use crate::Gateway;
 use crate::error::{ErrorKind, ServeError};
+use crate::layers::route::{ROUTE_KEY_HEADER, VARIANT_HEADER, VARIANT_PARAM};
 use crate::views;
 
 /// Requests of one ModelStreamInfer stream that may run at once.
@@ -116,6 +117,7 @@ async fn infer_one(
     request: pb::ModelInferRequest,
     client: &str,
     timeout: Option<std::time::Duration>,
+    route_key: Option<String>,
 ) -> Result<pb::ModelInferResponse, ServeError> {
     // The global permit was taken in front of tonic (`GrpcGlobalLimitLayer`), before decoding.
     let _admitted = gateway.admission.admit_model(
@@ -129,6 +131,7 @@ async fn infer_one(
     if let Some(timeout) = timeout {
         req.tighten_deadline(timeout);
     }
+    req.route_key = route_key;
     let resp = gateway
         .stack
         .clone()
@@ -199,9 +202,24 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
         let timeout = grpc_timeout(r.metadata());
-        Ok(Response::new(
-            infer_one(&self.gateway, r.into_inner(), &client, timeout).await?,
-        ))
+        let route_key = r
+            .metadata()
+            .get(ROUTE_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let resp = infer_one(&self.gateway, r.into_inner(), &client, timeout, route_key).await?;
+        let variant = resp
+            .parameters
+            .get(VARIANT_PARAM)
+            .and_then(|p| match &p.parameter_choice {
+                Some(pb::infer_parameter::ParameterChoice::StringParam(s)) => s.parse().ok(),
+                _ => None,
+            });
+        let mut response = Response::new(resp);
+        if let Some(variant) = variant {
+            response.metadata_mut().insert(VARIANT_HEADER, variant);
+        }
+        Ok(response)
     }
 
     async fn model_stream_infer(
@@ -226,7 +244,7 @@ impl GrpcInferenceService for Inference {
                         id: request.id.clone(),
                         ..Default::default()
                     };
-                    let message = match infer_one(&gateway, request, &client, None).await {
+                    let message = match infer_one(&gateway, request, &client, None, None).await {
                         Ok(resp) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),

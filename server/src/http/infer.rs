@@ -8,6 +8,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
+
+use crate::layers::route::{ROUTE_KEY_HEADER, VARIANT_HEADER, VARIANT_PARAM};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -85,6 +87,12 @@ async fn handle(
         ),
     };
     let (mut req, prefs) = match header_len {
+        Some(0) if g.routes.is_route(&path.model) => {
+            return Err(ServeError::invalid(format!(
+                "'{}' is a route: a raw binary request (Inference-Header-Content-Length: 0) must name a model",
+                path.model
+            )));
+        }
         Some(0) => {
             let target = g.repository.resolve(&path.model, path.version.as_deref())?;
             codec::decode_raw(path.model, path.version, &target, body)?
@@ -99,6 +107,10 @@ async fn handle(
         None => codec::decode(path.model, path.version, &body, Bytes::new())?,
     };
     req.apply_parameters()?;
+    req.route_key = headers
+        .get(ROUTE_KEY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let resp = g
         .stack
         .clone()
@@ -106,15 +118,33 @@ async fn handle(
         .await
         .map_err(ServeError::from)?;
     let (json, binary) = codec::encode(&resp, &prefs);
+    let mut response = encode_http(json, binary);
+    if let Some(variant) = variant_of(&resp).and_then(|v| HeaderValue::from_str(v).ok()) {
+        response
+            .headers_mut()
+            .insert(header::HeaderName::from_static(VARIANT_HEADER), variant);
+    }
+    Ok(response)
+}
+
+/// The variant an A/B route served, if any.
+pub(crate) fn variant_of(resp: &crate::core::InferResponse) -> Option<&str> {
+    resp.parameters.iter().find_map(|(k, v)| match v {
+        crate::core::ParamValue::String(s) if k == VARIANT_PARAM => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+fn encode_http(json: Vec<u8>, binary: Vec<Bytes>) -> Response {
     if binary.is_empty() {
-        return Ok((
+        return (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
             json,
         )
-            .into_response());
+            .into_response();
     }
     let json_len = json.len();
     let mut out = Vec::with_capacity(json_len + binary.iter().map(Bytes::len).sum::<usize>());
@@ -122,7 +152,7 @@ async fn handle(
     for part in &binary {
         out.extend_from_slice(part);
     }
-    Ok((
+    (
         [
             (
                 header::CONTENT_TYPE,
@@ -135,7 +165,7 @@ async fn handle(
         ],
         out,
     )
-        .into_response())
+        .into_response()
 }
 
 fn too_large(limit: usize) -> ServeError {

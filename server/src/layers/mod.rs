@@ -6,4 +6,5 @@ pub mod cache;
 pub mod execute;
 pub mod observe;
 pub mod resolve;
+pub mod route;
 pub mod validate;

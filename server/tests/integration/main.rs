@@ -8,3 +8,4 @@ mod grpc;
 mod http;
 mod lifecycle;
 mod registry;
+mod routes;

@@ -103,6 +103,11 @@ async fn serves_production_by_default_every_version_by_number_and_shows_lineage(
         .post_json("/v2/models/iris/versions/2/infer", &body)
         .await;
     assert_eq!((status, out["model_version"].as_str()), (200, Some("2")));
+    // An alias names a version too.
+    let (status, out) = server
+        .post_json("/v2/models/iris/versions/production/infer", &body)
+        .await;
+    assert_eq!((status, out["model_version"].as_str()), (200, Some("1")));
 
     // Metadata carries the artifact digest, aliases and lineage (HTTP parameters).
     let (_, meta) = server.get_json("/v2/models/iris").await;
