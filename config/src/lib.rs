@@ -55,6 +55,30 @@ pub struct Config {
 pub struct RouteConfig {
     pub name: String,
     pub variants: Vec<VariantConfig>,
+    /// Also send a sample of the requests to another model, compare its answers with the
+    /// primary's, and throw them away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// Shadow traffic of a route.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    pub model: String,
+    /// A version number or registry alias; none: the default.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Share of the route's requests mirrored, 0 to 1.
+    pub fraction: f64,
+    /// Mirrored requests waiting for the shadow; more are dropped (and counted), never
+    /// waited for.
+    #[serde(default = "default_shadow_queue")]
+    pub queue: usize,
+}
+
+fn default_shadow_queue() -> usize {
+    64
 }
 
 /// One arm of a route.
@@ -279,6 +303,14 @@ impl Config {
                         "{at}: variant '{}' routes to the route itself",
                         v.name
                     ));
+                }
+            }
+            if let Some(shadow) = &route.shadow {
+                if !(0.0..=1.0).contains(&shadow.fraction) {
+                    errors.push(format!("{at}: shadow.fraction must be between 0 and 1"));
+                }
+                if shadow.queue == 0 {
+                    errors.push(format!("{at}: shadow.queue must be at least 1"));
                 }
             }
         }

@@ -1,5 +1,6 @@
 //! The admin listener (port 8002): Prometheus metrics and the management API
-//! (repository index, load, unload, pinning a default version), kept off the public port.
+//! (repository index, load, unload, pinning a default version, shadow comparisons), kept off
+//! the public port.
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v2/repository/models/{model}/unload", post(unload))
         .route("/admin/models/{model}/pin", axum::routing::delete(unpin))
         .route("/admin/models/{model}/pin/{version}", post(pin))
+        .route("/admin/routes/{route}/shadow", get(shadow_report))
         .with_state(gateway)
 }
 
@@ -87,5 +89,15 @@ async fn unpin(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Resp
             &json!({"model": model, "default_version": default.map(|v| v.to_string()), "pinned": false}),
         ),
         Err(e) => error_response(&e),
+    }
+}
+
+/// The live comparison of a route's shadow with its primary.
+async fn shadow_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
+    match g.routes.shadow_report(&route) {
+        Some(report) => json_response(&json!({"route": route, "shadow": report})),
+        None => error_response(&crate::error::ServeError::not_found(format!(
+            "'{route}' is not a route with a shadow"
+        ))),
     }
 }

@@ -7,4 +7,5 @@ pub mod execute;
 pub mod observe;
 pub mod resolve;
 pub mod route;
+pub mod shadow;
 pub mod validate;

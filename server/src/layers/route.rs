@@ -1,17 +1,20 @@
-//! Route: A/B splits. A request to a route's name goes to one of its variants (model and
-//! version or alias) in proportion to the weights; a route key makes the choice sticky. The
-//! response names the route and carries the served variant.
+//! Route: A/B splits and shadow traffic. A request to a route's name goes to one of its
+//! variants (model and version or alias) in proportion to the weights; a route key makes the
+//! choice sticky. The response names the route and carries the served variant. A sampled
+//! share is also mirrored to the route's shadow model (see [`super::shadow`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Either};
 use infergate_config::RouteConfig;
 use tower::{Layer, Service};
 
+use super::shadow::{self, ShadowJob, ShadowReport, ShadowStats};
 use crate::core::{InferRequest, InferResponse, ParamValue};
 use crate::error::BoxError;
 
@@ -28,6 +31,19 @@ struct Route {
     variants: Vec<Variant>,
     /// `cumulative[i]` = sum of the weights of variants `0..=i`.
     cumulative: Vec<u64>,
+    shadow: Option<Shadow>,
+}
+
+#[derive(Debug)]
+struct Shadow {
+    model: String,
+    version: Option<String>,
+    /// Mirrored requests per million.
+    per_million: u64,
+    queue: usize,
+    stats: Arc<ShadowStats>,
+    /// The worker's queue, started with the stack.
+    sender: OnceLock<tokio::sync::mpsc::Sender<ShadowJob>>,
 }
 
 #[derive(Debug)]
@@ -69,11 +85,20 @@ impl Routes {
                         version: v.version.clone(),
                     })
                     .collect();
+                let shadow = r.shadow.as_ref().map(|s| Shadow {
+                    model: s.model.clone(),
+                    version: s.version.clone(),
+                    per_million: (s.fraction.clamp(0.0, 1.0) * 1e6).round() as u64,
+                    queue: s.queue.max(1),
+                    stats: Arc::default(),
+                    sender: OnceLock::new(),
+                });
                 (
                     r.name.clone(),
                     Route {
                         variants,
                         cumulative,
+                        shadow,
                     },
                 )
             })
@@ -86,6 +111,17 @@ impl Routes {
 
     pub fn is_route(&self, name: &str) -> bool {
         self.routes.contains_key(name)
+    }
+
+    /// The live shadow comparison of a route (`None`: no such route or no shadow).
+    pub fn shadow_report(&self, name: &str) -> Option<ShadowReport> {
+        Some(self.routes.get(name)?.shadow.as_ref()?.stats.report())
+    }
+
+    /// Whether this request is mirrored (an even spread at the configured rate).
+    fn mirror(&self, shadow: &Shadow) -> bool {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        xxhash_rust::xxh3::xxh3_64(&n.to_le_bytes()) % 1_000_000 < shadow.per_million
     }
 
     /// The variant index for `key` (hashed: the same key always gets the same variant) or,
@@ -118,10 +154,27 @@ impl RouteLayer {
     }
 }
 
-impl<S> Layer<S> for RouteLayer {
+impl<S> Layer<S> for RouteLayer
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
     type Service = RouteService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // Each shadow gets a worker with its own handle on the rest of the stack.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            for shadow in self
+                .routes
+                .routes
+                .values()
+                .filter_map(|r| r.shadow.as_ref())
+            {
+                shadow.sender.get_or_init(|| {
+                    shadow::spawn(inner.clone(), shadow.queue, Arc::clone(&shadow.stats))
+                });
+            }
+        }
         RouteService {
             inner,
             routes: Arc::clone(&self.routes),
@@ -163,10 +216,33 @@ where
         let route_name = std::mem::replace(&mut req.model, variant.model.clone());
         req.version = variant.version.clone();
         let name = variant.name.clone();
+        // The mirror is a copy (tensor data is shared, not copied) sent after the primary
+        // answered, so the comparison has both sides.
+        let mirror = route
+            .shadow
+            .as_ref()
+            .filter(|s| self.routes.mirror(s))
+            .and_then(|s| {
+                let sender = s.sender.get()?.clone();
+                let mut copy = req.clone();
+                copy.model = s.model.clone();
+                copy.version = s.version.clone();
+                Some((copy, sender, Arc::clone(&s.stats)))
+            });
+        let started = Instant::now();
         let call = self.inner.call(req);
         Either::Right(
             async move {
-                let mut resp = call.await?;
+                let result = call.await;
+                if let Some((request, sender, stats)) = mirror {
+                    let job = ShadowJob {
+                        request,
+                        primary: result.as_ref().ok().map(|r| r.outputs.clone()),
+                        primary_latency: started.elapsed(),
+                    };
+                    stats.sent(sender.try_send(job).is_ok());
+                }
+                let mut resp = result?;
                 resp.model_name = route_name;
                 resp.parameters
                     .push((VARIANT_PARAM.to_string(), ParamValue::String(name)));
@@ -195,6 +271,7 @@ mod tests {
                     weight,
                 })
                 .collect(),
+            shadow: None,
         }])
     }
 
@@ -221,6 +298,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_stuck_shadow_never_holds_up_the_primary_and_overflow_is_counted() {
+        use crate::core::Protocol;
+        use tower::ServiceExt;
+        let config = RouteConfig {
+            name: "r".into(),
+            variants: vec![VariantConfig {
+                name: "a".into(),
+                model: "primary".into(),
+                version: None,
+                weight: 1,
+            }],
+            shadow: Some(infergate_config::ShadowConfig {
+                model: "shadow".into(),
+                version: None,
+                fraction: 1.0,
+                queue: 1,
+            }),
+        };
+        let routes = Arc::new(Routes::new(&[config]));
+        // The primary answers at once; the shadow never does.
+        let inner = tower::service_fn(|req: InferRequest| async move {
+            if req.model == "shadow" {
+                std::future::pending::<()>().await;
+            }
+            Ok::<_, BoxError>(InferResponse {
+                model_name: req.model,
+                model_version: "1".into(),
+                id: None,
+                parameters: Vec::new(),
+                outputs: Vec::new(),
+                timings: Default::default(),
+            })
+        });
+        let svc = RouteLayer::new(Arc::clone(&routes)).layer(inner);
+        for _ in 0..10 {
+            let resp = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                svc.clone()
+                    .oneshot(InferRequest::new("r", None, Protocol::Http)),
+            )
+            .await
+            .expect("the primary must not wait for the shadow")
+            .unwrap();
+            assert_eq!(resp.model_name, "r");
+            tokio::task::yield_now().await;
+        }
+        let report = routes.shadow_report("r").unwrap();
+        // One mirror is stuck in the worker, one waits in the queue of one; the rest dropped.
+        assert_eq!((report.sent, report.dropped), (2, 8), "{report:?}");
     }
 
     #[test]

@@ -7,6 +7,24 @@ use serde_json::json;
 
 use crate::common::TestServer;
 
+fn shadowed(name: &str, primary: &str, shadow: &str) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        variants: vec![VariantConfig {
+            name: "primary".into(),
+            model: "iris_mlp".into(),
+            version: Some(primary.into()),
+            weight: 1,
+        }],
+        shadow: Some(infergate_config::ShadowConfig {
+            model: "iris_mlp".into(),
+            version: Some(shadow.into()),
+            fraction: 1.0,
+            queue: 64,
+        }),
+    }
+}
+
 fn ab_route() -> RouteConfig {
     let variant = |name: &str, version: &str| VariantConfig {
         name: name.into(),
@@ -17,6 +35,7 @@ fn ab_route() -> RouteConfig {
     RouteConfig {
         name: "iris-ab".into(),
         variants: vec![variant("a", "1"), variant("b", "2")],
+        shadow: None,
     }
 }
 
@@ -149,5 +168,97 @@ async fn a_route_key_sticks_to_one_variant_and_the_response_says_which() {
         assert_eq!(resp.model_name, "iris-ab");
         assert_eq!(resp.model_version, if variant == "a" { "1" } else { "2" });
     }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shadow_traffic_is_compared_with_the_primary_off_the_request_path() {
+    let server = TestServer::start_with(|c| {
+        c.routes = vec![shadowed("self", "1", "1"), shadowed("v1-vs-v2", "1", "2")]
+    })
+    .await;
+    let x = [5.1f32, 3.5, 1.4, 0.2, 6.7, 3.1, 5.6, 2.4];
+    let body =
+        json!({"inputs": [{"name": "input", "shape": [2, 4], "datatype": "FP32", "data": x}]});
+    for route in ["self", "v1-vs-v2"] {
+        for _ in 0..20 {
+            let (status, out) = server
+                .post_json(&format!("/v2/models/{route}/infer"), &body)
+                .await;
+            assert_eq!(status, 200, "{out}");
+            assert_eq!(out["model_version"], "1");
+        }
+    }
+    let report = |route: &'static str| {
+        let url = server.admin_url(&format!("/admin/routes/{route}/shadow"));
+        let http = server.http.clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["shadow"]
+                .clone()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    for route in ["self", "v1-vs-v2"] {
+        let r = loop {
+            let r = report(route).await;
+            let done = r["both_ok"].as_u64().unwrap() + r["shadow_failed"].as_u64().unwrap();
+            if done + r["dropped"].as_u64().unwrap() == 20 {
+                break r;
+            }
+            assert!(std::time::Instant::now() < deadline, "{route}: {r}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert_eq!(
+            r["sent"].as_u64().unwrap() + r["dropped"].as_u64().unwrap(),
+            20,
+            "{r}"
+        );
+        assert_eq!(r["shadow_failed"], 0, "{r}");
+        assert_eq!(
+            r["rows"].as_u64().unwrap(),
+            2 * r["both_ok"].as_u64().unwrap()
+        );
+        if route == "self" {
+            assert_eq!(r["max_abs_diff"], 0.0, "{r}");
+            assert_eq!(r["top1_agreement"], 1.0, "{r}");
+        } else {
+            // The same numbers computed directly with ONNX Runtime.
+            let a = crate::common::direct_ort_f32(
+                &crate::common::repo_dir().join("iris_mlp/1/model.onnx"),
+                "input",
+                &[2, 4],
+                &x,
+            );
+            let b = crate::common::direct_ort_f32(
+                &crate::common::repo_dir().join("iris_mlp/2/model.onnx"),
+                "input",
+                &[2, 4],
+                &x,
+            );
+            let max = a
+                .iter()
+                .zip(&b)
+                .map(|(u, v)| f64::from((u - v).abs()))
+                .fold(0.0, f64::max);
+            assert!(
+                (r["max_abs_diff"].as_f64().unwrap() - max).abs() < 1e-6,
+                "{r} vs {max}"
+            );
+            assert!(max > 0.0);
+        }
+    }
+    let r = server
+        .http
+        .get(server.admin_url("/admin/routes/nope/shadow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     server.stop().await;
 }
