@@ -59,6 +59,33 @@ pub struct RouteConfig {
     /// primary's, and throw them away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+    /// Move traffic to one variant step by step while its SLOs hold; roll back at once when
+    /// one breaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+    /// When the chosen variant is overloaded, answer from this variant instead of rejecting
+    /// (the response says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+/// A canary rollout over a route's variants.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The variant being rolled out; its configured weight is ignored.
+    pub variant: String,
+    /// Its share of the traffic at each step, in percent, ascending (e.g. 1, 5, 25, 100).
+    pub steps: Vec<u32>,
+    /// Least time spent at a step before the next.
+    pub step_ms: u64,
+    /// Least canary requests seen at a step before the next.
+    pub min_requests: u64,
+    /// Largest share of failed canary requests (0 to 1).
+    pub max_error_rate: f64,
+    /// Largest 95th-percentile latency of canary requests, milliseconds.
+    #[serde(default)]
+    pub max_p95_ms: Option<f64>,
 }
 
 /// Shadow traffic of a route.
@@ -304,6 +331,35 @@ impl Config {
                         v.name
                     ));
                 }
+            }
+            if let Some(canary) = &route.canary {
+                if !route.variants.iter().any(|v| v.name == canary.variant) {
+                    errors.push(format!(
+                        "{at}: canary.variant '{}' is not a variant",
+                        canary.variant
+                    ));
+                }
+                if route.variants.len() < 2 {
+                    errors.push(format!("{at}: a canary needs a variant to fall back to"));
+                }
+                if canary.steps.is_empty()
+                    || canary.steps.windows(2).any(|w| w[0] >= w[1])
+                    || canary.steps.iter().any(|&p| p == 0 || p > 100)
+                {
+                    errors.push(format!(
+                        "{at}: canary.steps must rise strictly within 1..=100"
+                    ));
+                }
+                if !(0.0..=1.0).contains(&canary.max_error_rate) {
+                    errors.push(format!(
+                        "{at}: canary.max_error_rate must be between 0 and 1"
+                    ));
+                }
+            }
+            if let Some(fallback) = &route.fallback
+                && !route.variants.iter().any(|v| &v.name == fallback)
+            {
+                errors.push(format!("{at}: fallback '{fallback}' is not a variant"));
             }
             if let Some(shadow) = &route.shadow {
                 if !(0.0..=1.0).contains(&shadow.fraction) {

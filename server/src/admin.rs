@@ -1,6 +1,6 @@
 //! The admin listener (port 8002): Prometheus metrics and the management API
-//! (repository index, load, unload, pinning a default version, shadow comparisons), kept off
-//! the public port.
+//! (repository index, load, unload, pinning a default version, shadow comparisons, canary
+//! state), kept off the public port.
 
 use std::sync::Arc;
 
@@ -25,6 +25,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/models/{model}/pin", axum::routing::delete(unpin))
         .route("/admin/models/{model}/pin/{version}", post(pin))
         .route("/admin/routes/{route}/shadow", get(shadow_report))
+        .route("/admin/routes/{route}/canary", get(canary_report))
         .with_state(gateway)
 }
 
@@ -98,6 +99,16 @@ async fn shadow_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>)
         Some(report) => json_response(&json!({"route": route, "shadow": report})),
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route with a shadow"
+        ))),
+    }
+}
+
+/// A route's canary: phase, current share, step counters and every transition.
+async fn canary_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
+    match g.routes.canary_report(&route) {
+        Some(report) => json_response(&json!({"route": route, "canary": report})),
+        None => error_response(&crate::error::ServeError::not_found(format!(
+            "'{route}' is not a route with a canary"
         ))),
     }
 }

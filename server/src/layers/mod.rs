@@ -3,6 +3,7 @@
 pub mod account;
 pub mod batch;
 pub mod cache;
+pub mod canary;
 pub mod execute;
 pub mod observe;
 pub mod resolve;

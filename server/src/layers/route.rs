@@ -7,13 +7,16 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Either};
 use infergate_config::RouteConfig;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
+use arc_swap::ArcSwap;
+
+use super::canary::{Canary, CanaryReport};
 use super::shadow::{self, ShadowJob, ShadowReport, ShadowStats};
 use crate::core::{InferRequest, InferResponse, ParamValue};
 use crate::error::BoxError;
@@ -24,14 +27,58 @@ pub const ROUTE_KEY_HEADER: &str = "x-infergate-route-key";
 pub const VARIANT_HEADER: &str = "x-infergate-variant";
 /// Response parameter naming the served variant.
 pub const VARIANT_PARAM: &str = "variant";
+/// Response parameter set (true) when the fallback variant answered because the chosen one
+/// was overloaded.
+pub const FALLBACK_PARAM: &str = "fallback";
 
 /// A route's variants with their cumulative weights.
 #[derive(Debug)]
 struct Route {
     variants: Vec<Variant>,
-    /// `cumulative[i]` = sum of the weights of variants `0..=i`.
-    cumulative: Vec<u64>,
+    /// Configured weights.
+    base: Vec<u64>,
+    /// `cumulative[i]` = sum of the effective weights of variants `0..=i` (a canary moves them).
+    cumulative: ArcSwap<Vec<u64>>,
     shadow: Option<Shadow>,
+    canary: Option<Canary>,
+    /// Variant that answers when the chosen one is overloaded.
+    fallback: Option<usize>,
+}
+
+/// Cumulative weights: with a canary at `percent`, it gets that share and the other variants
+/// split the rest in proportion to their configured weights.
+fn cumulative(base: &[u64], canary: Option<(usize, u32)>) -> Vec<u64> {
+    let effective: Vec<u64> = match canary {
+        None => base.to_vec(),
+        Some((c, percent)) => {
+            const SCALE: u64 = 1_000_000;
+            let others: u64 = base
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != c)
+                .map(|(_, w)| w)
+                .sum();
+            let rest = SCALE * u64::from(100 - percent.min(100)) / 100;
+            base.iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    if i == c {
+                        SCALE * u64::from(percent.min(100)) / 100
+                    } else {
+                        (rest * w).checked_div(others).unwrap_or(0)
+                    }
+                })
+                .collect()
+        }
+    };
+    let mut total = 0;
+    effective
+        .iter()
+        .map(|w| {
+            total += w;
+            total
+        })
+        .collect()
 }
 
 #[derive(Debug)]
@@ -59,6 +106,8 @@ pub struct Routes {
     routes: HashMap<String, Route>,
     /// Spreads requests without a key.
     counter: AtomicU64,
+    /// Whether the canary controller runs.
+    controller: std::sync::atomic::AtomicBool,
 }
 
 impl Routes {
@@ -67,15 +116,16 @@ impl Routes {
         let routes = config
             .iter()
             .map(|r| {
-                let mut total = 0;
-                let cumulative = r
-                    .variants
-                    .iter()
-                    .map(|v| {
-                        total += u64::from(v.weight);
-                        total
-                    })
-                    .collect();
+                let base: Vec<u64> = r.variants.iter().map(|v| u64::from(v.weight)).collect();
+                let canary = r.canary.as_ref().and_then(|c| {
+                    let index = r.variants.iter().position(|v| v.name == c.variant)?;
+                    Some(Canary::new(index, c.clone()))
+                });
+                let weights = cumulative(&base, canary.as_ref().map(|c| (c.variant, c.percent())));
+                let fallback = r
+                    .fallback
+                    .as_ref()
+                    .and_then(|f| r.variants.iter().position(|v| &v.name == f));
                 let variants = r
                     .variants
                     .iter()
@@ -97,8 +147,11 @@ impl Routes {
                     r.name.clone(),
                     Route {
                         variants,
-                        cumulative,
+                        base,
+                        cumulative: ArcSwap::from_pointee(weights),
                         shadow,
+                        canary,
+                        fallback,
                     },
                 )
             })
@@ -106,11 +159,31 @@ impl Routes {
         Self {
             routes,
             counter: AtomicU64::new(0),
+            controller: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
     pub fn is_route(&self, name: &str) -> bool {
         self.routes.contains_key(name)
+    }
+
+    /// The state and history of a route's canary (`None`: no such route or no canary).
+    pub fn canary_report(&self, name: &str) -> Option<CanaryReport> {
+        Some(self.routes.get(name)?.canary.as_ref()?.report())
+    }
+
+    /// Applies the canary gates of every route; changed shares take effect at once.
+    fn evaluate_canaries(&self) {
+        for route in self.routes.values() {
+            if let Some(c) = &route.canary
+                && let Some(percent) = c.evaluate()
+            {
+                route.cumulative.store(Arc::new(cumulative(
+                    &route.base,
+                    Some((c.variant, percent)),
+                )));
+            }
+        }
     }
 
     /// The live shadow comparison of a route (`None`: no such route or no shadow).
@@ -127,7 +200,8 @@ impl Routes {
     /// The variant index for `key` (hashed: the same key always gets the same variant) or,
     /// without a key, for the next request in a well-spread sequence.
     fn pick(&self, route: &Route, key: Option<&str>) -> usize {
-        let total = *route.cumulative.last().unwrap_or(&0);
+        let cumulative = route.cumulative.load();
+        let total = *cumulative.last().unwrap_or(&0);
         if total == 0 {
             return 0;
         }
@@ -138,7 +212,7 @@ impl Routes {
             ),
         };
         let point = hash % total;
-        route.cumulative.partition_point(|&c| c <= point)
+        cumulative.partition_point(|&c| c <= point)
     }
 }
 
@@ -162,8 +236,30 @@ where
     type Service = RouteService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        // Each shadow gets a worker with its own handle on the rest of the stack.
+        // Each shadow gets a worker with its own handle on the rest of the stack; canaries a
+        // controller that applies their gates (it stops when the routes are dropped).
         if tokio::runtime::Handle::try_current().is_ok() {
+            let tick = self
+                .routes
+                .routes
+                .values()
+                .filter_map(|r| r.canary.as_ref())
+                .map(|c| Duration::from_millis((c.step_ms() / 4).clamp(10, 200)))
+                .min();
+            if let Some(tick) = tick
+                && !self.routes.controller.swap(true, Ordering::Relaxed)
+            {
+                let routes = Arc::downgrade(&self.routes);
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(tick).await;
+                        let Some(routes) = routes.upgrade() else {
+                            return;
+                        };
+                        routes.evaluate_canaries();
+                    }
+                });
+            }
             for shadow in self
                 .routes
                 .routes
@@ -191,7 +287,7 @@ pub struct RouteService<S> {
 
 impl<S> Service<InferRequest> for RouteService<S>
 where
-    S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = InferResponse;
@@ -212,10 +308,11 @@ where
                 _ => None,
             })
         });
-        let variant = &route.variants[self.routes.pick(route, key.as_deref())];
+        let chosen = self.routes.pick(route, key.as_deref());
+        let variant = &route.variants[chosen];
         let route_name = std::mem::replace(&mut req.model, variant.model.clone());
         req.version = variant.version.clone();
-        let name = variant.name.clone();
+        let mut name = variant.name.clone();
         // The mirror is a copy (tensor data is shared, not copied) sent after the primary
         // answered, so the comparison has both sides.
         let mirror = route
@@ -229,11 +326,27 @@ where
                 copy.version = s.version.clone();
                 Some((copy, sender, Arc::clone(&s.stats)))
             });
+        // A copy for the fallback variant, used only if the chosen one is overloaded.
+        let fallback = route.fallback.filter(|&f| f != chosen).map(|f| {
+            let v = &route.variants[f];
+            let mut copy = req.clone();
+            copy.model = v.model.clone();
+            copy.version = v.version.clone();
+            (copy, v.name.clone(), self.inner.clone())
+        });
+        let routes = Arc::clone(&self.routes);
+        let route_key = route_name.clone();
         let started = Instant::now();
         let call = self.inner.call(req);
         Either::Right(
             async move {
-                let result = call.await;
+                let mut result = call.await;
+                let route = &routes.routes[&route_key];
+                if let Some(c) = &route.canary
+                    && c.variant == chosen
+                {
+                    c.record(result.is_ok(), started.elapsed());
+                }
                 if let Some((request, sender, stats)) = mirror {
                     let job = ShadowJob {
                         request,
@@ -242,10 +355,27 @@ where
                     };
                     stats.sent(sender.try_send(job).is_ok());
                 }
+                let mut fell_back = false;
+                if let (Err(e), Some((request, fallback_name, mut inner))) = (&result, fallback)
+                    && crate::error::ServeError::classify(e.as_ref()).kind
+                        == crate::error::ErrorKind::Overloaded
+                {
+                    tracing::debug!(route = %route_key, from = %name, to = %fallback_name, "overloaded: answering from the fallback");
+                    result = match inner.ready().await {
+                        Ok(svc) => svc.call(request).await,
+                        Err(e) => Err(e),
+                    };
+                    name = fallback_name;
+                    fell_back = true;
+                }
                 let mut resp = result?;
                 resp.model_name = route_name;
                 resp.parameters
                     .push((VARIANT_PARAM.to_string(), ParamValue::String(name)));
+                if fell_back {
+                    resp.parameters
+                        .push((FALLBACK_PARAM.to_string(), ParamValue::Bool(true)));
+                }
                 Ok(resp)
             }
             .boxed(),
@@ -272,6 +402,8 @@ mod tests {
                 })
                 .collect(),
             shadow: None,
+            canary: None,
+            fallback: None,
         }])
     }
 
@@ -318,6 +450,8 @@ mod tests {
                 fraction: 1.0,
                 queue: 1,
             }),
+            canary: None,
+            fallback: None,
         };
         let routes = Arc::new(Routes::new(&[config]));
         // The primary answers at once; the shadow never does.
@@ -350,6 +484,23 @@ mod tests {
         let report = routes.shadow_report("r").unwrap();
         // One mirror is stuck in the worker, one waits in the queue of one; the rest dropped.
         assert_eq!((report.sent, report.dropped), (2, 8), "{report:?}");
+    }
+
+    #[test]
+    fn a_canary_takes_its_share_and_the_others_split_the_rest_by_weight() {
+        assert_eq!(cumulative(&[3, 1, 0], None), vec![3, 4, 4]);
+        assert_eq!(
+            cumulative(&[3, 1, 0], Some((2, 25))),
+            vec![562_500, 750_000, 1_000_000]
+        );
+        assert_eq!(
+            cumulative(&[3, 1, 0], Some((2, 0))),
+            vec![750_000, 1_000_000, 1_000_000]
+        );
+        assert_eq!(
+            cumulative(&[3, 1, 0], Some((2, 100))),
+            vec![0, 0, 1_000_000]
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ fn shadowed(name: &str, primary: &str, shadow: &str) -> RouteConfig {
             fraction: 1.0,
             queue: 64,
         }),
+        canary: None,
+        fallback: None,
     }
 }
 
@@ -36,6 +38,8 @@ fn ab_route() -> RouteConfig {
         name: "iris-ab".into(),
         variants: vec![variant("a", "1"), variant("b", "2")],
         shadow: None,
+        canary: None,
+        fallback: None,
     }
 }
 
@@ -261,4 +265,215 @@ async fn shadow_traffic_is_compared_with_the_primary_off_the_request_path() {
         .unwrap();
     assert_eq!(r.status(), 404);
     server.stop().await;
+}
+
+fn canary_route(name: &str, canary_model: &str, steps: Vec<u32>, min_requests: u64) -> RouteConfig {
+    RouteConfig {
+        name: name.into(),
+        variants: vec![
+            VariantConfig {
+                name: "stable".into(),
+                model: "iris_mlp".into(),
+                version: Some("1".into()),
+                weight: 1,
+            },
+            VariantConfig {
+                name: "canary".into(),
+                model: canary_model.into(),
+                version: None,
+                weight: 0,
+            },
+        ],
+        shadow: None,
+        canary: Some(infergate_config::CanaryConfig {
+            variant: "canary".into(),
+            steps,
+            step_ms: 100,
+            min_requests,
+            max_error_rate: 0.1,
+            max_p95_ms: Some(5_000.0),
+        }),
+        fallback: None,
+    }
+}
+
+#[tokio::test]
+async fn a_healthy_canary_advances_to_100_percent_and_a_failing_one_rolls_back_at_once() {
+    let server = TestServer::start_with(|c| {
+        c.routes = vec![
+            canary_route("good", "iris_mlp", vec![20, 50, 100], 3),
+            // "simple" cannot take iris inputs: every canary request fails.
+            canary_route("bad", "simple", vec![50, 100], 5),
+        ]
+    })
+    .await;
+    let canary = |route: &'static str| {
+        let (http, url) = (
+            server.http.clone(),
+            server.admin_url(&format!("/admin/routes/{route}/canary")),
+        );
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()["canary"]
+                .clone()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let good = loop {
+        let (status, _) = server
+            .post_json("/v2/models/good/infer", &body(serde_json::Value::Null))
+            .await;
+        assert_eq!(status, 200);
+        let report = canary("good").await;
+        if report["phase"] == "completed" {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+    };
+    let path: Vec<(u64, u64)> = good["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from_percent"].as_u64().unwrap(),
+                t["to_percent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(path, [(0, 20), (20, 50), (50, 100), (100, 100)]);
+    for _ in 0..10 {
+        let (_, out) = server
+            .post_json("/v2/models/good/infer", &body(serde_json::Value::Null))
+            .await;
+        assert_eq!(out["parameters"]["variant"], "canary");
+    }
+
+    let mut failures = 0;
+    let bad = loop {
+        let (status, _) = server
+            .post_json("/v2/models/bad/infer", &body(serde_json::Value::Null))
+            .await;
+        failures += usize::from(status != 200);
+        let report = canary("bad").await;
+        if report["phase"] == "rolled_back" {
+            break report;
+        }
+        assert!(std::time::Instant::now() < deadline, "{report}");
+    };
+    assert!(failures >= 1);
+    let last = bad["transitions"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["to_percent"], 0);
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("rolled back: error rate"),
+        "{last}"
+    );
+    assert_eq!(bad["percent"], 0);
+    for _ in 0..20 {
+        let (status, out) = server
+            .post_json("/v2/models/bad/infer", &body(serde_json::Value::Null))
+            .await;
+        assert_eq!(
+            (status, out["parameters"]["variant"].as_str()),
+            (200, Some("stable"))
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overloaded_variant_falls_back_to_the_cheaper_one_and_says_so() {
+    use infergate_runtime::test_util::{Behavior, FakeFactory};
+    use std::sync::Arc;
+    let runtime = infergate_config::RuntimeConfig {
+        instances: 1,
+        queue_capacity: 1,
+        ..Default::default()
+    };
+    let repository = Arc::new(infergate_server::repository::Repository::new(
+        None, None, runtime,
+    ));
+    let slow = Arc::new(FakeFactory::fp32(Behavior::Slow(
+        std::time::Duration::from_millis(300),
+    )));
+    repository
+        .insert_factory("slow", 1, slow, infergate_config::ModelConfig::default())
+        .unwrap();
+    let quick = Arc::new(FakeFactory::fp32(Behavior::Echo));
+    // Batching queues the burst of fallbacks, so the fallback itself is never the bottleneck.
+    let quick_config = infergate_config::ModelConfig {
+        max_batch_size: 8,
+        dynamic_batching: Some(infergate_config::DynamicBatching::default()),
+        ..Default::default()
+    };
+    repository
+        .insert_factory("quick", 1, quick, quick_config)
+        .unwrap();
+    let mut config = crate::common::loopback_config();
+    config.routes = vec![RouteConfig {
+        name: "r".into(),
+        variants: vec![
+            VariantConfig {
+                name: "big".into(),
+                model: "slow".into(),
+                version: None,
+                weight: 1,
+            },
+            VariantConfig {
+                name: "cheap".into(),
+                model: "quick".into(),
+                version: None,
+                weight: 0,
+            },
+        ],
+        shadow: None,
+        canary: None,
+        fallback: Some("cheap".into()),
+    }];
+    let server = Arc::new(TestServer::serve(config, repository).await);
+    let body = json!({"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]});
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let (server, body) = (Arc::clone(&server), body.clone());
+            tokio::spawn(async move {
+                let r = server
+                    .http
+                    .post(server.url("/v2/models/r/infer"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<serde_json::Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut fell_back = 0;
+    for call in calls {
+        let (status, out) = call.await.unwrap();
+        assert_eq!(status, 200, "{out}");
+        if out["parameters"]["fallback"] == true {
+            fell_back += 1;
+            assert_eq!(out["parameters"]["variant"], "cheap");
+        } else {
+            assert_eq!(out["parameters"]["variant"], "big");
+        }
+        assert_eq!(out["outputs"][0]["data"], json!([1.0, 2.0]));
+    }
+    // One runs, one waits in the queue of one; the rest would have been 503s.
+    assert!(fell_back >= 3, "{fell_back} of 5 fell back");
+    Arc::into_inner(server).unwrap().stop().await;
 }
