@@ -26,6 +26,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/models/{model}/pin/{version}", post(pin))
         .route("/admin/routes/{route}/shadow", get(shadow_report))
         .route("/admin/routes/{route}/canary", get(canary_report))
+        .route("/admin/experiments/{route}", get(experiment_report))
         .with_state(gateway)
 }
 
@@ -109,6 +110,23 @@ async fn canary_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>)
         Some(report) => json_response(&json!({"route": route, "canary": report})),
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route with a canary"
+        ))),
+    }
+}
+
+/// A route's experiment: per-variant counts, error rates, latency percentiles, comparisons
+/// with the first variant, and the shadow and canary state when the route has them.
+async fn experiment_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
+    match g.routes.experiment_report(&route) {
+        Some(report) => json_response(&json!({
+            "route": route,
+            "variants": report.variants,
+            "comparisons": report.comparisons,
+            "shadow": g.routes.shadow_report(&route),
+            "canary": g.routes.canary_report(&route),
+        })),
+        None => error_response(&crate::error::ServeError::not_found(format!(
+            "'{route}' is not a route"
         ))),
     }
 }

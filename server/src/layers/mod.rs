@@ -5,6 +5,7 @@ pub mod batch;
 pub mod cache;
 pub mod canary;
 pub mod execute;
+pub mod experiment;
 pub mod observe;
 pub mod resolve;
 pub mod route;

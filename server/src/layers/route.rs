@@ -17,6 +17,7 @@ use tower::{Layer, Service, ServiceExt};
 use arc_swap::ArcSwap;
 
 use super::canary::{Canary, CanaryReport};
+use super::experiment::{self, ExperimentReport, VariantStats};
 use super::shadow::{self, ShadowJob, ShadowReport, ShadowStats};
 use crate::core::{InferRequest, InferResponse, ParamValue};
 use crate::error::BoxError;
@@ -43,6 +44,8 @@ struct Route {
     canary: Option<Canary>,
     /// Variant that answers when the chosen one is overloaded.
     fallback: Option<usize>,
+    /// Per-variant outcomes for experiment reports.
+    stats: Vec<VariantStats>,
 }
 
 /// Cumulative weights: with a canary at `percent`, it gets that share and the other variants
@@ -152,6 +155,7 @@ impl Routes {
                         shadow,
                         canary,
                         fallback,
+                        stats: r.variants.iter().map(|_| VariantStats::default()).collect(),
                     },
                 )
             })
@@ -165,6 +169,18 @@ impl Routes {
 
     pub fn is_route(&self, name: &str) -> bool {
         self.routes.contains_key(name)
+    }
+
+    /// Per-variant statistics and comparisons of a route (`None`: no such route).
+    pub fn experiment_report(&self, name: &str) -> Option<ExperimentReport> {
+        let route = self.routes.get(name)?;
+        let pairs: Vec<(&str, &VariantStats)> = route
+            .variants
+            .iter()
+            .zip(&route.stats)
+            .map(|(v, s)| (v.name.as_str(), s))
+            .collect();
+        Some(experiment::report(&pairs))
     }
 
     /// The state and history of a route's canary (`None`: no such route or no canary).
@@ -355,7 +371,7 @@ where
                     };
                     stats.sent(sender.try_send(job).is_ok());
                 }
-                let mut fell_back = false;
+                let mut fell_back = None;
                 if let (Err(e), Some((request, fallback_name, mut inner))) = (&result, fallback)
                     && crate::error::ServeError::classify(e.as_ref()).kind
                         == crate::error::ErrorKind::Overloaded
@@ -366,13 +382,14 @@ where
                         Err(e) => Err(e),
                     };
                     name = fallback_name;
-                    fell_back = true;
+                    fell_back = route.fallback;
                 }
+                route.stats[fell_back.unwrap_or(chosen)].record(result.is_ok(), started.elapsed());
                 let mut resp = result?;
                 resp.model_name = route_name;
                 resp.parameters
                     .push((VARIANT_PARAM.to_string(), ParamValue::String(name)));
-                if fell_back {
+                if fell_back.is_some() {
                     resp.parameters
                         .push((FALLBACK_PARAM.to_string(), ParamValue::Bool(true)));
                 }
@@ -501,6 +518,16 @@ mod tests {
             cumulative(&[3, 1, 0], Some((2, 100))),
             vec![0, 0, 1_000_000]
         );
+    }
+
+    #[test]
+    fn ten_thousand_users_split_90_10_within_two_points() {
+        let r = routes(&[90, 10]);
+        let route = &r.routes["r"];
+        let second = (0..10_000)
+            .filter(|u| r.pick(route, Some(&format!("user-{u}"))) == 1)
+            .count();
+        assert!((second as f64 / 10_000.0 - 0.10).abs() < 0.02, "{second}");
     }
 
     #[test]

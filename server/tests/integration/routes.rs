@@ -172,6 +172,30 @@ async fn a_route_key_sticks_to_one_variant_and_the_response_says_which() {
         assert_eq!(resp.model_name, "iris-ab");
         assert_eq!(resp.model_version, if variant == "a" { "1" } else { "2" });
     }
+
+    // Every routed request (the raw one never reached the route) is in the experiment report.
+    let r = server
+        .http
+        .get(server.admin_url("/admin/experiments/iris-ab"))
+        .send()
+        .await
+        .unwrap();
+    let report: serde_json::Value = r.json().await.unwrap();
+    let variants = report["variants"].as_array().unwrap();
+    let total: u64 = variants
+        .iter()
+        .map(|v| v["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 40 * 2 + 2 + 40 + 3 * 2, "{report}");
+    assert!(variants.iter().all(|v| v["errors"] == 0), "{report}");
+    assert_eq!(report["comparisons"][0]["variant"], "b");
+    assert!(
+        report["comparisons"][0]["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("error rate"),
+        "{report}"
+    );
     server.stop().await;
 }
 
