@@ -22,7 +22,7 @@ ADMIN_ADDR    ?= 127.0.0.1:8002
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -83,6 +83,10 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 
 bench: ort venv ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
+
+swap-check: ort ## hot swap under load: 100 alias moves at concurrency 32, then 200 unload/load cycles -> docs/hot-swap.md
+	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
+	./scripts/swap_check.sh
 
 bench-tools: ## install oha into .tools/ (and Debian's wrk when apt-get is usable): make bench cross-checks against them
 	$(CARGO) install oha --root .tools --locked
