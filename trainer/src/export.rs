@@ -151,6 +151,31 @@ pub(crate) fn values(t: &Tensor) -> anyhow::Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Convolution `i` of a CNN in float, then 2×2 max-pooling and ReLU (pooling first gives the
+/// same values, ReLU being monotonic, on a quarter of the elements; the candle network does
+/// the same). Returns the output's name.
+pub(crate) fn float_conv(
+    g: &mut Graph,
+    p: &HashMap<String, Tensor>,
+    i: usize,
+    h: &str,
+) -> anyhow::Result<String> {
+    let layer = format!("conv{i}");
+    let w = &p[&format!("{layer}.weight")];
+    let b = &p[&format!("{layer}.bias")];
+    let wn = g.init_f32(&format!("{layer}.weight"), w.dims(), &values(w)?);
+    let bn = g.init_f32(&format!("{layer}.bias"), b.dims(), &values(b)?);
+    let attrs = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
+    let h = g.node("Conv", &[h, &wn, &bn], &layer, attrs);
+    let h = g.node(
+        "MaxPool",
+        &[&h],
+        &format!("pool{i}"),
+        vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
+    );
+    Ok(g.node("Relu", &[&h], &format!("{layer}.relu"), vec![]))
+}
+
 /// The network as an ONNX model computing the same logits.
 pub fn onnx(net: &Net) -> anyhow::Result<Vec<u8>> {
     let arch = net.arch();
@@ -167,28 +192,7 @@ pub fn onnx(net: &Net) -> anyhow::Result<Vec<u8>> {
         let shape = g.init_i64("image_shape", &[-1, 1, *height as i64, *width as i64]);
         h = g.node("Reshape", &[&h, &shape], "image", vec![]);
         for i in 0..channels.len() {
-            let w = &p[&format!("conv{i}.weight")];
-            let wn = g.init_f32(&format!("conv{i}.weight"), w.dims(), &values(w)?);
-            let bn = g.init_f32(
-                &format!("conv{i}.bias"),
-                &[channels[i]],
-                &values(&p[&format!("conv{i}.bias")])?,
-            );
-            h = g.node(
-                "Conv",
-                &[&h, &wn, &bn],
-                &format!("conv{i}"),
-                vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
-            );
-            // Pooling before ReLU gives the same values (ReLU is monotonic) on a quarter of
-            // the elements; the candle network and the int8 export do the same.
-            h = g.node(
-                "MaxPool",
-                &[&h],
-                &format!("pool{i}"),
-                vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-            );
-            h = g.node("Relu", &[&h], &format!("conv{i}_relu"), vec![]);
+            h = float_conv(&mut g, p, i, &h)?;
         }
         h = g.node("Flatten", &[&h], "flat", vec![int("axis", 1)]);
     }

@@ -8,7 +8,7 @@ use candle_core::{Device, Tensor};
 use infergate_runtime::candle::{Arch, Net};
 
 use crate::data::Dataset;
-use crate::export::{Graph, int, ints, values};
+use crate::export::{Graph, float_conv, int, ints, values};
 use infergate_registry::onnx::dtype;
 
 /// The lineage name of this scheme.
@@ -141,22 +141,7 @@ pub fn quantize(net: &Net, calibration: &Dataset) -> anyhow::Result<Vec<u8>> {
                 // One input channel: ONNX Runtime's integer convolution is several times
                 // slower than the float one here, and the layer holds a few dozen weights.
                 // It runs in float and its output enters the integer domain.
-                let w = &p[&format!("{layer}.weight")];
-                let wn = g.init_f32(&format!("{layer}.weight"), w.dims(), &values(w)?);
-                let bn = g.init_f32(
-                    &format!("{layer}.bias"),
-                    &[cout],
-                    &values(&p[&format!("{layer}.bias")])?,
-                );
-                let attrs = vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])];
-                h = g.node("Conv", &[&h, &wn, &bn], &layer, attrs);
-                h = g.node(
-                    "MaxPool",
-                    &[&h],
-                    &format!("pool{i}"),
-                    vec![ints("kernel_shape", &[2, 2]), ints("strides", &[2, 2])],
-                );
-                h = g.node("Relu", &[&h], &format!("{layer}.relu"), vec![]);
+                h = float_conv(&mut g, p, i, &h)?;
                 carried = Some(quantize_input(&mut g, &format!("conv{}", i + 1), &h, relu));
                 continue;
             }

@@ -50,6 +50,40 @@ fn tiny_candle_model_with_bias(bias: f32) -> Vec<u8> {
     safetensors::serialize(views, Some(meta)).unwrap()
 }
 
+/// The repository-index row of `name` version `version`, waiting up to `within` for it to
+/// appear (the server follows the registry asynchronously).
+async fn index_row(
+    server: &TestServer,
+    name: &str,
+    version: &str,
+    within: std::time::Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let r = server
+            .http
+            .post(server.url("/v2/repository/index"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        let index: serde_json::Value = r.json().await.unwrap();
+        if let Some(row) = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name && e["version"] == version)
+        {
+            return row.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} version {version} never appeared in the index"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A server over `registry` that does not follow it (changes apply on a management load).
 async fn serve(registry: &std::path::Path) -> TestServer {
     serve_following(registry, 0).await
@@ -200,21 +234,7 @@ async fn a_corrupt_artifact_is_refused_and_the_other_versions_serve() {
     std::fs::write(&blob, bytes).unwrap();
 
     let server = serve(dir.path()).await;
-    let r = server
-        .http
-        .post(server.url("/v2/repository/index"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let index: serde_json::Value = r.json().await.unwrap();
-    let v2_row = index
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["version"] == "2")
-        .unwrap()
-        .clone();
+    let v2_row = index_row(&server, "iris", "2", std::time::Duration::ZERO).await;
     assert_eq!(v2_row["state"], "UNAVAILABLE");
     assert!(
         v2_row["reason"]
@@ -315,30 +335,7 @@ async fn a_promotion_elsewhere_is_hot_swapped_under_load_without_a_failed_reques
     assert_eq!(reg.import("tiny", &tiny, "ci").unwrap().version, 2);
     reg.promote("tiny", 2, "production", true, "release")
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let row = loop {
-        let r = server
-            .http
-            .post(server.url("/v2/repository/index"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        let index: serde_json::Value = r.json().await.unwrap();
-        if let Some(row) = index
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "tiny" && e["version"] == "2")
-        {
-            break row.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tiny version 2 never appeared in the index"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let row = index_row(&server, "tiny", "2", std::time::Duration::from_secs(2)).await;
     assert_eq!(row["state"], "UNAVAILABLE");
     assert!(
         row["reason"]
@@ -385,20 +382,7 @@ async fn operators_pin_a_default_and_a_production_with_another_signature_is_not_
     );
     let (_, out) = server.post_json("/v2/models/iris/infer", &body).await;
     assert_eq!(default_version(&out), "2");
-    let r = server
-        .http
-        .post(server.url("/v2/repository/index"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
-    let index: serde_json::Value = r.json().await.unwrap();
-    let row = index
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["version"] == "2")
-        .unwrap();
+    let row = index_row(&server, "iris", "2", std::time::Duration::ZERO).await;
     assert_eq!(row["reason"], "pinned as the default version");
     assert_eq!(
         admin(reqwest::Method::POST, "/admin/models/iris/pin/9")
@@ -436,30 +420,7 @@ async fn operators_pin_a_default_and_a_production_with_another_signature_is_not_
     reg.import("iris", &repo_dir().join("simple/1/model.onnx"), "ci")
         .unwrap();
     reg.promote("iris", 3, "production", false, "ci").unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let row = loop {
-        let r = server
-            .http
-            .post(server.url("/v2/repository/index"))
-            .json(&json!({}))
-            .send()
-            .await
-            .unwrap();
-        let index: serde_json::Value = r.json().await.unwrap();
-        if let Some(row) = index
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["version"] == "3")
-        {
-            break row.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "version 3 never appeared in the index"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let row = index_row(&server, "iris", "3", std::time::Duration::from_secs(2)).await;
     assert_eq!(row["state"], "READY");
     assert!(
         row["reason"]
