@@ -1,6 +1,6 @@
 //! The admin listener (port 8002): Prometheus metrics and the management API
 //! (repository index, load, unload, pinning a default version, shadow comparisons, canary
-//! state), kept off the public port.
+//! state, experiment reports and feedback), kept off the public port.
 
 use std::sync::Arc;
 
@@ -27,6 +27,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/routes/{route}/shadow", get(shadow_report))
         .route("/admin/routes/{route}/canary", get(canary_report))
         .route("/admin/experiments/{route}", get(experiment_report))
+        .route("/admin/feedback", post(feedback))
         .with_state(gateway)
 }
 
@@ -128,5 +129,43 @@ async fn experiment_report(State(g): State<Arc<Gateway>>, Path(route): Path<Stri
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route"
         ))),
+    }
+}
+
+/// Ground truth for a routed request, by its id: `{"route", "id", "labels": [..]}` (true class
+/// per row) or `{"route", "id", "outcome": true|false}`.
+async fn feedback(State(g): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
+    use crate::error::ServeError;
+    use crate::layers::route::Feedback;
+    let parsed: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => {
+            return error_response(&ServeError::invalid(format!("feedback is not JSON: {e}")));
+        }
+    };
+    let (Some(route), Some(id)) = (parsed["route"].as_str(), parsed["id"].as_str()) else {
+        return error_response(&ServeError::invalid("feedback needs \"route\" and \"id\""));
+    };
+    let fb = if let Some(labels) = parsed["labels"].as_array() {
+        match labels
+            .iter()
+            .map(|l| l.as_u64().and_then(|l| u32::try_from(l).ok()))
+            .collect()
+        {
+            Some(labels) => Feedback::Labels(labels),
+            None => {
+                return error_response(&ServeError::invalid("\"labels\" must be class numbers"));
+            }
+        }
+    } else if let Some(good) = parsed["outcome"].as_bool() {
+        Feedback::Outcome(good)
+    } else {
+        return error_response(&ServeError::invalid(
+            "feedback needs \"labels\" or \"outcome\"",
+        ));
+    };
+    match g.routes.feedback(route, id, &fb) {
+        Ok(variant) => json_response(&json!({"route": route, "id": id, "variant": variant})),
+        Err(e) => error_response(&e),
     }
 }

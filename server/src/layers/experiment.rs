@@ -16,6 +16,9 @@ struct Samples {
     errors: u64,
     latencies_ms: Vec<f64>,
     next: usize,
+    /// Ground truth attached afterwards: judged rows (or outcomes) and how many were right.
+    judged: u64,
+    correct: u64,
 }
 
 /// One variant's live counters.
@@ -37,6 +40,13 @@ impl VariantStats {
         }
     }
 
+    /// Counts feedback: `judged` rows or outcomes, `correct` of them right.
+    pub fn feedback(&self, judged: u64, correct: u64) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.judged += judged;
+        s.correct += correct;
+    }
+
     fn snapshot(&self) -> Samples {
         let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         Samples {
@@ -44,6 +54,8 @@ impl VariantStats {
             errors: s.errors,
             latencies_ms: s.latencies_ms.clone(),
             next: 0,
+            judged: s.judged,
+            correct: s.correct,
         }
     }
 }
@@ -56,6 +68,9 @@ pub struct VariantReport {
     pub errors: u64,
     pub error_rate: f64,
     pub latency_ms: Percentiles,
+    /// Rows or outcomes with feedback, and the share judged right.
+    pub feedback: u64,
+    pub accuracy: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -76,6 +91,8 @@ pub struct Comparison {
     pub error_rate_p_value: Option<f64>,
     /// Welch's t-test on the latencies.
     pub latency_p_value: Option<f64>,
+    /// Two-proportion z-test on the accuracy from feedback.
+    pub accuracy_p_value: Option<f64>,
     pub verdict: String,
 }
 
@@ -118,6 +135,8 @@ pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
             errors: s.errors,
             error_rate: s.errors as f64 / s.requests.max(1) as f64,
             latency_ms: percentiles(&sorted),
+            feedback: s.judged,
+            accuracy: (s.judged > 0).then(|| s.correct as f64 / s.judged as f64),
         });
     }
     let Some((base_name, base)) = snaps.first() else {
@@ -126,6 +145,7 @@ pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
     for (name, s) in &snaps[1..] {
         let errors = two_proportion_p(base.errors, base.requests, s.errors, s.requests);
         let latency = welch_p(&base.latencies_ms, &s.latencies_ms);
+        let accuracy = two_proportion_p(base.correct, base.judged, s.correct, s.judged);
         let mut parts = Vec::new();
         let rate = |e: u64, n: u64| 100.0 * e as f64 / n.max(1) as f64;
         match errors {
@@ -159,11 +179,29 @@ pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
             Some(p) => parts.push(format!("no significant difference in latency (p={p:.3})")),
             None => parts.push("too few requests to compare latency".to_string()),
         }
+        if let Some(p) = accuracy {
+            let acc = |c: u64, n: u64| 100.0 * c as f64 / n.max(1) as f64;
+            parts.push(if p < 0.05 {
+                format!(
+                    "{name} is {} accurate ({:.2}% vs {:.2}%, p={p:.3})",
+                    if acc(s.correct, s.judged) > acc(base.correct, base.judged) {
+                        "more"
+                    } else {
+                        "less"
+                    },
+                    acc(s.correct, s.judged),
+                    acc(base.correct, base.judged)
+                )
+            } else {
+                format!("no significant difference in accuracy (p={p:.3})")
+            });
+        }
         out.comparisons.push(Comparison {
             variant: name.clone(),
             baseline: base_name.clone(),
             error_rate_p_value: errors,
             latency_p_value: latency,
+            accuracy_p_value: accuracy,
             verdict: parts.join("; "),
         });
     }

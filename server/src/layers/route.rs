@@ -111,6 +111,52 @@ pub struct Routes {
     counter: AtomicU64,
     /// Whether the canary controller runs.
     controller: std::sync::atomic::AtomicBool,
+    /// Recent routed requests with an id, awaiting feedback.
+    predictions: std::sync::Mutex<Predictions>,
+}
+
+/// How many routed predictions wait for feedback (the oldest are forgotten first).
+const MAX_PREDICTIONS: usize = 100_000;
+
+/// `(route, request id)` → (variant index, predicted class per row), oldest first.
+#[derive(Debug, Default)]
+struct Predictions {
+    by_id: HashMap<(String, String), (usize, Vec<u32>)>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+/// Ground truth for a routed request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feedback {
+    /// The true class of each row.
+    Labels(Vec<u32>),
+    /// Whether the answer was good (a business outcome).
+    Outcome(bool),
+}
+
+/// The predicted class of each row of the first output (`[N, classes]` or `[classes]`).
+fn predicted_classes(resp: &InferResponse) -> Vec<u32> {
+    let Some(out) = resp.outputs.first() else {
+        return Vec::new();
+    };
+    let values: Vec<f64> = match (out.tensor.to_vec::<f32>(), out.tensor.to_vec::<f64>()) {
+        (Some(v), _) => v.into_iter().map(f64::from).collect(),
+        (None, Some(v)) => v,
+        _ => return Vec::new(),
+    };
+    let width = out.tensor.shape().last().copied().unwrap_or(0).max(1) as usize;
+    values
+        .chunks(width)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .fold(
+                    (0, f64::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0 as u32
+        })
+        .collect()
 }
 
 impl Routes {
@@ -164,11 +210,66 @@ impl Routes {
             routes,
             counter: AtomicU64::new(0),
             controller: std::sync::atomic::AtomicBool::new(false),
+            predictions: std::sync::Mutex::default(),
         }
     }
 
     pub fn is_route(&self, name: &str) -> bool {
         self.routes.contains_key(name)
+    }
+
+    fn remember(&self, route: &str, id: String, variant: usize, classes: Vec<u32>) {
+        let mut p = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (route.to_string(), id);
+        if p.by_id.insert(key.clone(), (variant, classes)).is_none() {
+            p.order.push_back(key);
+        }
+        while p.order.len() > MAX_PREDICTIONS {
+            if let Some(old) = p.order.pop_front() {
+                p.by_id.remove(&old);
+            }
+        }
+    }
+
+    /// Attaches ground truth to the routed request `id`; returns the variant that served it.
+    pub fn feedback(
+        &self,
+        route: &str,
+        id: &str,
+        feedback: &Feedback,
+    ) -> Result<String, crate::error::ServeError> {
+        use crate::error::ServeError;
+        let r = self
+            .routes
+            .get(route)
+            .ok_or_else(|| ServeError::not_found(format!("unknown route '{route}'")))?;
+        let (variant, classes) = {
+            let mut p = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
+            let key = (route.to_string(), id.to_string());
+            let found = p.by_id.remove(&key).ok_or_else(|| {
+                ServeError::not_found(format!(
+                    "no recent request '{id}' on route '{route}' (or feedback was given already)"
+                ))
+            })?;
+            p.order.retain(|k| k != &key);
+            found
+        };
+        let (judged, correct) = match feedback {
+            Feedback::Outcome(good) => (1, u64::from(*good)),
+            Feedback::Labels(labels) => {
+                if labels.len() != classes.len() {
+                    return Err(ServeError::invalid(format!(
+                        "request '{id}' had {} rows, the feedback has {} labels",
+                        classes.len(),
+                        labels.len()
+                    )));
+                }
+                let right = labels.iter().zip(&classes).filter(|(a, b)| a == b).count();
+                (labels.len() as u64, right as u64)
+            }
+        };
+        r.stats[variant].feedback(judged, correct);
+        Ok(r.variants[variant].name.clone())
     }
 
     /// Per-variant statistics and comparisons of a route (`None`: no such route).
@@ -352,6 +453,7 @@ where
         });
         let routes = Arc::clone(&self.routes);
         let route_key = route_name.clone();
+        let request_id = req.id.clone().filter(|id| !id.is_empty());
         let started = Instant::now();
         let call = self.inner.call(req);
         Either::Right(
@@ -384,7 +486,11 @@ where
                     name = fallback_name;
                     fell_back = route.fallback;
                 }
-                route.stats[fell_back.unwrap_or(chosen)].record(result.is_ok(), started.elapsed());
+                let served = fell_back.unwrap_or(chosen);
+                route.stats[served].record(result.is_ok(), started.elapsed());
+                if let (Some(id), Ok(resp)) = (request_id, &result) {
+                    routes.remember(&route_key, id, served, predicted_classes(resp));
+                }
                 let mut resp = result?;
                 resp.model_name = route_name;
                 resp.parameters

@@ -501,3 +501,86 @@ async fn an_overloaded_variant_falls_back_to_the_cheaper_one_and_says_so() {
     assert!(fell_back >= 3, "{fell_back} of 5 fell back");
     Arc::into_inner(server).unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn feedback_by_request_id_gives_per_variant_accuracy() {
+    let server = TestServer::start_with(|c| c.routes = vec![ab_route()]).await;
+    let mut served = Vec::new();
+    for i in 0..60 {
+        let mut b = body(serde_json::Value::Null);
+        b["id"] = json!(format!("req-{i}"));
+        let (status, out) = server.post_json("/v2/models/iris-ab/infer", &b).await;
+        assert_eq!(status, 200, "{out}");
+        let probs = crate::common::f32s(&out["outputs"][0]["data"]);
+        let predicted = probs
+            .iter()
+            .enumerate()
+            .fold((0, f32::MIN), |m, (i, &p)| if p > m.1 { (i, p) } else { m })
+            .0;
+        served.push((
+            out["parameters"]["variant"].as_str().unwrap().to_string(),
+            predicted as u64,
+        ));
+    }
+    let post = |body: serde_json::Value| {
+        let (http, url) = (server.http.clone(), server.admin_url("/admin/feedback"));
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    // Variant a is always right, b always wrong.
+    for (i, (variant, predicted)) in served.iter().enumerate() {
+        let label = if variant == "a" {
+            *predicted
+        } else {
+            (predicted + 1) % 3
+        };
+        let (status, out) =
+            post(json!({"route": "iris-ab", "id": format!("req-{i}"), "labels": [label]})).await;
+        assert_eq!(
+            (status, out["variant"].as_str()),
+            (200, Some(variant.as_str())),
+            "{out}"
+        );
+    }
+    let (status, out) = post(json!({"route": "iris-ab", "id": "req-0", "labels": [0]})).await;
+    assert_eq!(status, 404, "feedback twice: {out}");
+    let (status, _) = post(json!({"route": "nope", "id": "req-1", "outcome": true})).await;
+    assert_eq!(status, 404);
+    let (status, _) = post(json!({"route": "iris-ab", "id": "req-1"})).await;
+    assert_eq!(status, 400);
+
+    let r = server
+        .http
+        .get(server.admin_url("/admin/experiments/iris-ab"))
+        .send()
+        .await
+        .unwrap();
+    let report: serde_json::Value = r.json().await.unwrap();
+    let by_name = |n: &str| {
+        report["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["variant"] == n)
+            .unwrap()
+            .clone()
+    };
+    let (a, b) = (by_name("a"), by_name("b"));
+    assert_eq!(a["accuracy"], 1.0);
+    assert_eq!(b["accuracy"], 0.0);
+    assert_eq!(
+        a["feedback"].as_u64().unwrap() + b["feedback"].as_u64().unwrap(),
+        60
+    );
+    let verdict = report["comparisons"][0]["verdict"].as_str().unwrap();
+    assert!(
+        verdict.contains("b is less accurate (0.00% vs 100.00%"),
+        "{verdict}"
+    );
+    server.stop().await;
+}
