@@ -300,82 +300,90 @@ impl Config {
                 }
             }
         }
-        let mut route_names = std::collections::HashSet::new();
-        for (i, route) in self.routes.iter().enumerate() {
-            let at = format!("routes[{i}] ({})", route.name);
-            if route.name.is_empty() {
-                errors.push(format!("{at}: name must not be empty"));
-            }
-            if !route_names.insert(&route.name) {
-                errors.push(format!("{at}: another route has this name"));
-            }
-            if route
-                .variants
-                .iter()
-                .map(|v| u64::from(v.weight))
-                .sum::<u64>()
-                == 0
-            {
-                errors.push(format!(
-                    "{at}: needs at least one variant with a weight above 0"
-                ));
-            }
-            let mut variant_names = std::collections::HashSet::new();
-            for v in &route.variants {
-                if !variant_names.insert(&v.name) {
-                    errors.push(format!("{at}: two variants are called '{}'", v.name));
-                }
-                if v.model == route.name {
-                    errors.push(format!(
-                        "{at}: variant '{}' routes to the route itself",
-                        v.name
-                    ));
-                }
-            }
-            if let Some(canary) = &route.canary {
-                if !route.variants.iter().any(|v| v.name == canary.variant) {
-                    errors.push(format!(
-                        "{at}: canary.variant '{}' is not a variant",
-                        canary.variant
-                    ));
-                }
-                if route.variants.len() < 2 {
-                    errors.push(format!("{at}: a canary needs a variant to fall back to"));
-                }
-                if canary.steps.is_empty()
-                    || canary.steps.windows(2).any(|w| w[0] >= w[1])
-                    || canary.steps.iter().any(|&p| p == 0 || p > 100)
-                {
-                    errors.push(format!(
-                        "{at}: canary.steps must rise strictly within 1..=100"
-                    ));
-                }
-                if !(0.0..=1.0).contains(&canary.max_error_rate) {
-                    errors.push(format!(
-                        "{at}: canary.max_error_rate must be between 0 and 1"
-                    ));
-                }
-            }
-            if let Some(fallback) = &route.fallback
-                && !route.variants.iter().any(|v| &v.name == fallback)
-            {
-                errors.push(format!("{at}: fallback '{fallback}' is not a variant"));
-            }
-            if let Some(shadow) = &route.shadow {
-                if !(0.0..=1.0).contains(&shadow.fraction) {
-                    errors.push(format!("{at}: shadow.fraction must be between 0 and 1"));
-                }
-                if shadow.queue == 0 {
-                    errors.push(format!("{at}: shadow.queue must be at least 1"));
-                }
-            }
-        }
+        errors.extend(validate_routes(&self.routes));
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+/// Problems with a set of routes (empty when valid); `Config::validate` reports them too, and
+/// the admin API checks a replacement set with it.
+pub fn validate_routes(routes: &[RouteConfig]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut route_names = std::collections::HashSet::new();
+    for (i, route) in routes.iter().enumerate() {
+        let at = format!("routes[{i}] ({})", route.name);
+        if route.name.is_empty() {
+            errors.push(format!("{at}: name must not be empty"));
+        }
+        if !route_names.insert(&route.name) {
+            errors.push(format!("{at}: another route has this name"));
+        }
+        if route
+            .variants
+            .iter()
+            .map(|v| u64::from(v.weight))
+            .sum::<u64>()
+            == 0
+        {
+            errors.push(format!(
+                "{at}: needs at least one variant with a weight above 0"
+            ));
+        }
+        let mut variant_names = std::collections::HashSet::new();
+        for v in &route.variants {
+            if !variant_names.insert(&v.name) {
+                errors.push(format!("{at}: two variants are called '{}'", v.name));
+            }
+            if v.model == route.name {
+                errors.push(format!(
+                    "{at}: variant '{}' routes to the route itself",
+                    v.name
+                ));
+            }
+        }
+        if let Some(canary) = &route.canary {
+            if !route.variants.iter().any(|v| v.name == canary.variant) {
+                errors.push(format!(
+                    "{at}: canary.variant '{}' is not a variant",
+                    canary.variant
+                ));
+            }
+            if route.variants.len() < 2 {
+                errors.push(format!("{at}: a canary needs a variant to fall back to"));
+            }
+            if canary.steps.is_empty()
+                || canary.steps.windows(2).any(|w| w[0] >= w[1])
+                || canary.steps.iter().any(|&p| p == 0 || p > 100)
+            {
+                errors.push(format!(
+                    "{at}: canary.steps must rise strictly within 1..=100"
+                ));
+            }
+            if !(0.0..=1.0).contains(&canary.max_error_rate) {
+                errors.push(format!(
+                    "{at}: canary.max_error_rate must be between 0 and 1"
+                ));
+            }
+        }
+        if let Some(fallback) = &route.fallback
+            && !route.variants.iter().any(|v| &v.name == fallback)
+        {
+            errors.push(format!("{at}: fallback '{fallback}' is not a variant"));
+        }
+        if let Some(shadow) = &route.shadow {
+            if !(0.0..=1.0).contains(&shadow.fraction) {
+                errors.push(format!("{at}: shadow.fraction must be between 0 and 1"));
+            }
+            if shadow.queue == 0 {
+                errors.push(format!("{at}: shadow.queue must be at least 1"));
+            }
+        }
+    }
+    errors
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/routes/{route}/canary", get(canary_report))
         .route("/admin/experiments/{route}", get(experiment_report))
         .route("/admin/feedback", post(feedback))
+        .route("/admin/routes", get(list_routes).put(replace_routes))
         .with_state(gateway)
 }
 
@@ -97,7 +98,7 @@ async fn unpin(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Resp
 
 /// The live comparison of a route's shadow with its primary.
 async fn shadow_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
-    match g.routes.shadow_report(&route) {
+    match g.routes.load().shadow_report(&route) {
         Some(report) => json_response(&json!({"route": route, "shadow": report})),
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route with a shadow"
@@ -107,7 +108,7 @@ async fn shadow_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>)
 
 /// A route's canary: phase, current share, step counters and every transition.
 async fn canary_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
-    match g.routes.canary_report(&route) {
+    match g.routes.load().canary_report(&route) {
         Some(report) => json_response(&json!({"route": route, "canary": report})),
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route with a canary"
@@ -118,13 +119,13 @@ async fn canary_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>)
 /// A route's experiment: per-variant counts, error rates, latency percentiles, comparisons
 /// with the first variant, and the shadow and canary state when the route has them.
 async fn experiment_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>) -> Response {
-    match g.routes.experiment_report(&route) {
+    match g.routes.load().experiment_report(&route) {
         Some(report) => json_response(&json!({
             "route": route,
             "variants": report.variants,
             "comparisons": report.comparisons,
-            "shadow": g.routes.shadow_report(&route),
-            "canary": g.routes.canary_report(&route),
+            "shadow": g.routes.load().shadow_report(&route),
+            "canary": g.routes.load().canary_report(&route),
         })),
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route"
@@ -164,8 +165,31 @@ async fn feedback(State(g): State<Arc<Gateway>>, body: axum::body::Bytes) -> Res
             "feedback needs \"labels\" or \"outcome\"",
         ));
     };
-    match g.routes.feedback(route, id, &fb) {
+    match g.routes.load().feedback(route, id, &fb) {
         Ok(variant) => json_response(&json!({"route": route, "id": id, "variant": variant})),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The routes in force, as configured.
+async fn list_routes(State(g): State<Arc<Gateway>>) -> Response {
+    json_response(&json!({"routes": g.routes.load().configs()}))
+}
+
+/// Replaces every route at once with the JSON list in the body (`[RouteConfig, …]`, the
+/// config file's `[[routes]]` as JSON); all problems are reported and nothing changes when
+/// one is invalid. Statistics start again for the new set.
+async fn replace_routes(State(g): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
+    let routes: Vec<infergate_config::RouteConfig> = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error_response(&crate::error::ServeError::invalid(format!(
+                "routes must be a JSON list of routes: {e}"
+            )));
+        }
+    };
+    match g.routes.replace(routes) {
+        Ok(()) => json_response(&json!({"routes": g.routes.load().configs()})),
         Err(e) => error_response(&e),
     }
 }

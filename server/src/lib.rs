@@ -38,15 +38,16 @@ pub struct Gateway {
     pub repository: Arc<Repository>,
     pub metrics: Arc<Metrics>,
     pub config: Config,
-    /// A/B routes by name (the stack routes; front ends ask whether a name is one).
-    pub routes: Arc<layers::route::Routes>,
+    /// Routes in force, replaceable through the admin API (the stack routes; front ends ask
+    /// whether a name is one).
+    pub routes: Arc<layers::route::RouteTable>,
     ready: watch::Sender<bool>,
 }
 
 impl Gateway {
     pub fn new(config: Config, repository: Arc<Repository>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
-        let routes = Arc::new(layers::route::Routes::new(&config.routes));
+        let routes = Arc::new(layers::route::RouteTable::new(&config.routes));
         Arc::new(Self {
             stack: stack::build(
                 Arc::clone(&repository),

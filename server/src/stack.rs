@@ -10,7 +10,7 @@ use crate::layers::cache::{Cache, CacheLayer};
 use crate::layers::execute::Execute;
 use crate::layers::observe::{Observe, ObserveLayer};
 use crate::layers::resolve::{Resolve, ResolveLayer};
-use crate::layers::route::{RouteLayer, RouteService, Routes};
+use crate::layers::route::{RouteLayer, RouteService, RouteTable};
 use crate::layers::validate::{Validate, ValidateLayer};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
@@ -20,7 +20,7 @@ use crate::repository::Repository;
 pub type Stack = Observe<RouteService<Resolve<Account<Validate<Cache<Batch<Execute>>>>>>>;
 
 /// Builds the stack over a repository.
-pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<Routes>) -> Stack {
+pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<RouteTable>) -> Stack {
     ServiceBuilder::new()
         // outermost so every outcome, rejections included, is counted and timed
         .layer(ObserveLayer::new(Arc::clone(&metrics)))

@@ -87,7 +87,7 @@ async fn handle(
         ),
     };
     let (mut req, prefs) = match header_len {
-        Some(0) if g.routes.is_route(&path.model) => {
+        Some(0) if g.routes.load().is_route(&path.model) => {
             return Err(ServeError::invalid(format!(
                 "'{}' is a route: a raw binary request (Inference-Header-Content-Length: 0) must name a model",
                 path.model

@@ -113,6 +113,8 @@ pub struct Routes {
     controller: std::sync::atomic::AtomicBool,
     /// Recent routed requests with an id, awaiting feedback.
     predictions: std::sync::Mutex<Predictions>,
+    /// As configured.
+    config: Vec<RouteConfig>,
 }
 
 /// How many routed predictions wait for feedback (the oldest are forgotten first).
@@ -211,7 +213,13 @@ impl Routes {
             counter: AtomicU64::new(0),
             controller: std::sync::atomic::AtomicBool::new(false),
             predictions: std::sync::Mutex::default(),
+            config: config.to_vec(),
         }
+    }
+
+    /// The routes as configured.
+    pub fn configs(&self) -> &[RouteConfig] {
+        &self.config
     }
 
     pub fn is_route(&self, name: &str) -> bool {
@@ -333,15 +341,100 @@ impl Routes {
     }
 }
 
+/// The routes in force, replaceable at run time (atomically: a request sees the old set or
+/// the new one). Each set's shadow workers and canary controller start with it and stop when
+/// it is replaced and its last request is done.
+pub struct RouteTable {
+    current: ArcSwap<Routes>,
+    /// Starts the background work of a route set; installed when the stack is built.
+    start: OnceLock<StartBackground>,
+}
+
+/// Starts a route set's shadow workers and canary controller.
+type StartBackground = Box<dyn Fn(&Arc<Routes>) + Send + Sync>;
+
+impl std::fmt::Debug for RouteTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteTable").finish_non_exhaustive()
+    }
+}
+
+impl RouteTable {
+    /// Routes from validated config.
+    pub fn new(config: &[RouteConfig]) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Routes::new(config)),
+            start: OnceLock::new(),
+        }
+    }
+
+    /// The set in force.
+    pub fn load(&self) -> Arc<Routes> {
+        self.current.load_full()
+    }
+
+    /// Replaces every route at once, after validating the new set (all problems reported).
+    pub fn replace(&self, config: Vec<RouteConfig>) -> Result<(), crate::error::ServeError> {
+        let errors = infergate_config::validate_routes(&config);
+        if !errors.is_empty() {
+            return Err(crate::error::ServeError::invalid(format!(
+                "invalid routes: {}",
+                errors.join("; ")
+            )));
+        }
+        let routes = Arc::new(Routes::new(&config));
+        if let Some(start) = self.start.get() {
+            start(&routes);
+        }
+        self.current.store(routes);
+        tracing::info!(routes = ?config.iter().map(|r| &r.name).collect::<Vec<_>>(), "routes replaced");
+        Ok(())
+    }
+}
+
+/// Starts the shadow workers (each with its own handle on the rest of the stack) and the
+/// canary controller (it stops when the set is dropped) of a route set.
+fn start_background<S>(routes: &Arc<Routes>, inner: &S)
+where
+    S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    let tick = routes
+        .routes
+        .values()
+        .filter_map(|r| r.canary.as_ref())
+        .map(|c| Duration::from_millis((c.step_ms() / 4).clamp(10, 200)))
+        .min();
+    if let Some(tick) = tick
+        && !routes.controller.swap(true, Ordering::Relaxed)
+    {
+        let weak = Arc::downgrade(routes);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(routes) = weak.upgrade() else {
+                    return;
+                };
+                routes.evaluate_canaries();
+            }
+        });
+    }
+    for shadow in routes.routes.values().filter_map(|r| r.shadow.as_ref()) {
+        shadow
+            .sender
+            .get_or_init(|| shadow::spawn(inner.clone(), shadow.queue, Arc::clone(&shadow.stats)));
+    }
+}
+
 /// Adds [`RouteService`].
 #[derive(Clone)]
 pub struct RouteLayer {
-    routes: Arc<Routes>,
+    table: Arc<RouteTable>,
 }
 
 impl RouteLayer {
-    pub fn new(routes: Arc<Routes>) -> Self {
-        Self { routes }
+    pub fn new(table: Arc<RouteTable>) -> Self {
+        Self { table }
     }
 }
 
@@ -353,44 +446,18 @@ where
     type Service = RouteService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        // Each shadow gets a worker with its own handle on the rest of the stack; canaries a
-        // controller that applies their gates (it stops when the routes are dropped).
         if tokio::runtime::Handle::try_current().is_ok() {
-            let tick = self
-                .routes
-                .routes
-                .values()
-                .filter_map(|r| r.canary.as_ref())
-                .map(|c| Duration::from_millis((c.step_ms() / 4).clamp(10, 200)))
-                .min();
-            if let Some(tick) = tick
-                && !self.routes.controller.swap(true, Ordering::Relaxed)
-            {
-                let routes = Arc::downgrade(&self.routes);
-                tokio::spawn(async move {
-                    loop {
-                        tokio::time::sleep(tick).await;
-                        let Some(routes) = routes.upgrade() else {
-                            return;
-                        };
-                        routes.evaluate_canaries();
-                    }
-                });
-            }
-            for shadow in self
-                .routes
-                .routes
-                .values()
-                .filter_map(|r| r.shadow.as_ref())
-            {
-                shadow.sender.get_or_init(|| {
-                    shadow::spawn(inner.clone(), shadow.queue, Arc::clone(&shadow.stats))
-                });
-            }
+            start_background(&self.table.load(), &inner);
+            // A service need not be Sync; the handle kept for later route sets is locked.
+            let for_later = std::sync::Mutex::new(inner.clone());
+            let _ = self.table.start.set(Box::new(move |routes| {
+                let inner = for_later.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                start_background(routes, &inner);
+            }));
         }
         RouteService {
             inner,
-            routes: Arc::clone(&self.routes),
+            table: Arc::clone(&self.table),
         }
     }
 }
@@ -399,7 +466,7 @@ where
 #[derive(Clone)]
 pub struct RouteService<S> {
     inner: S,
-    routes: Arc<Routes>,
+    table: Arc<RouteTable>,
 }
 
 impl<S> Service<InferRequest> for RouteService<S>
@@ -416,7 +483,8 @@ where
     }
 
     fn call(&mut self, mut req: InferRequest) -> Self::Future {
-        let Some(route) = self.routes.routes.get(&req.model) else {
+        let routes = self.table.load();
+        let Some(route) = routes.routes.get(&req.model) else {
             return Either::Left(self.inner.call(req));
         };
         let key = req.route_key.clone().or_else(|| {
@@ -425,7 +493,7 @@ where
                 _ => None,
             })
         });
-        let chosen = self.routes.pick(route, key.as_deref());
+        let chosen = routes.pick(route, key.as_deref());
         let variant = &route.variants[chosen];
         let route_name = std::mem::replace(&mut req.model, variant.model.clone());
         req.version = variant.version.clone();
@@ -435,7 +503,7 @@ where
         let mirror = route
             .shadow
             .as_ref()
-            .filter(|s| self.routes.mirror(s))
+            .filter(|s| routes.mirror(s))
             .and_then(|s| {
                 let sender = s.sender.get()?.clone();
                 let mut copy = req.clone();
@@ -451,7 +519,7 @@ where
             copy.version = v.version.clone();
             (copy, v.name.clone(), self.inner.clone())
         });
-        let routes = Arc::clone(&self.routes);
+        let routes = Arc::clone(&routes);
         let route_key = route_name.clone();
         let request_id = req.id.clone().filter(|id| !id.is_empty());
         let started = Instant::now();
@@ -576,7 +644,7 @@ mod tests {
             canary: None,
             fallback: None,
         };
-        let routes = Arc::new(Routes::new(&[config]));
+        let table = Arc::new(RouteTable::new(&[config]));
         // The primary answers at once; the shadow never does.
         let inner = tower::service_fn(|req: InferRequest| async move {
             if req.model == "shadow" {
@@ -591,7 +659,7 @@ mod tests {
                 timings: Default::default(),
             })
         });
-        let svc = RouteLayer::new(Arc::clone(&routes)).layer(inner);
+        let svc = RouteLayer::new(Arc::clone(&table)).layer(inner);
         for _ in 0..10 {
             let resp = tokio::time::timeout(
                 std::time::Duration::from_secs(1),
@@ -604,7 +672,7 @@ mod tests {
             assert_eq!(resp.model_name, "r");
             tokio::task::yield_now().await;
         }
-        let report = routes.shadow_report("r").unwrap();
+        let report = table.load().shadow_report("r").unwrap();
         // One mirror is stuck in the worker, one waits in the queue of one; the rest dropped.
         assert_eq!((report.sent, report.dropped), (2, 8), "{report:?}");
     }

@@ -584,3 +584,56 @@ async fn feedback_by_request_id_gives_per_variant_accuracy() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn routes_are_replaced_at_run_time_all_at_once_and_only_when_valid() {
+    let server = TestServer::start_with(|c| c.routes = vec![ab_route()]).await;
+    let admin = server.admin_url("/admin/routes");
+    let listed: serde_json::Value = server
+        .http
+        .get(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["routes"][0]["name"], "iris-ab");
+
+    // An invalid set is refused with every problem, and nothing changes.
+    let bad = json!([
+        {"name": "x", "variants": [{"name": "a", "model": "iris_mlp", "weight": 0}]},
+        {"name": "x", "variants": []}
+    ]);
+    let r = server.http.put(&admin).json(&bad).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains("needs at least one variant") && text.contains("another route has this name"),
+        "{text}"
+    );
+    let (status, _) = server
+        .post_json("/v2/models/iris-ab/infer", &body(serde_json::Value::Null))
+        .await;
+    assert_eq!(status, 200);
+
+    let good = json!([{"name": "iris-v2", "variants": [{"name": "only", "model": "iris_mlp", "version": "2", "weight": 1}]}]);
+    let r = server.http.put(&admin).json(&good).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, out) = server
+        .post_json("/v2/models/iris-v2/infer", &body(serde_json::Value::Null))
+        .await;
+    assert_eq!(
+        (
+            status,
+            out["model_version"].as_str(),
+            out["parameters"]["variant"].as_str()
+        ),
+        (200, Some("2"), Some("only"))
+    );
+    let (status, _) = server
+        .post_json("/v2/models/iris-ab/infer", &body(serde_json::Value::Null))
+        .await;
+    assert_eq!(status, 404, "the old route is gone");
+    server.stop().await;
+}
