@@ -4,7 +4,9 @@
 #      model, no swaps;
 #   2. the same load while `production` moves back and forth between two versions 100 times,
 #      from another process (`infergate registry alias`), the server following every 100 ms;
-#   3. 200 management unload/load cycles of the model, resident memory after 10 and 200.
+#   3. mid-load, a new version whose stored artifact is corrupt is promoted: it must be
+#      refused with the reason in the index while the old version keeps serving;
+#   4. 200 management unload/load cycles of the model, resident memory after 10 and 200.
 # Everything binds 127.0.0.1 and stops by itself. Results go to docs/hot-swap.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,6 +54,23 @@ for i in $(seq "$SWAPS"); do
   sleep 0.5
 done
 wait $CLIENTS
+
+# A valid ONNX file not yet in the store (version 1 plus a metadata entry); its blob is put in
+# place corrupt before it is registered, so the server can only ever see it corrupt.
+python3 - "$REG" "$OUT/iris-v3.onnx" <<'PY'
+import hashlib, os, sys
+data = open("models/repository/iris_mlp/1/model.onnx", "rb").read() + b"\x72\x0b\x0a\x09corrupted"
+digest = hashlib.sha256(data).hexdigest()
+os.makedirs(f"{sys.argv[1]}/artifacts/sha256/{digest[:2]}", exist_ok=True)
+open(f"{sys.argv[1]}/artifacts/sha256/{digest[:2]}/{digest}", "wb").write(b"not the model")
+open(sys.argv[2], "wb").write(data)
+PY
+load corrupt 8s
+sleep 2
+reg import --name iris "$OUT/iris-v3.onnx"
+reg alias iris production 3
+wait $CLIENTS
+INDEX=$(curl -sf -XPOST "http://$HTTP/v2/repository/index" -d '{}')
 SWAPPED=$(grep -c "default version swapped" "$OUT/server.log" || true)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
@@ -62,9 +81,10 @@ for i in $(seq "$CYCLES"); do
 done
 RSS_END=$(rss)
 
-python3 - "$OUT" "$SWAPS" "$SWAPPED" "$CYCLES" "$RSS10" "$RSS_END" <<'PY'
+python3 - "$OUT" "$SWAPS" "$SWAPPED" "$CYCLES" "$RSS10" "$RSS_END" "$INDEX" <<'PY'
 import json, sys
-out, swaps, swapped, cycles, rss10, rss_end = sys.argv[1], *map(int, sys.argv[2:])
+out, swaps, swapped, cycles, rss10, rss_end = sys.argv[1], *map(int, sys.argv[2:7])
+v3 = next(r for r in json.loads(sys.argv[7]) if r["version"] == "3")
 def run(label):
     r = [json.load(open(f"{out}/{label}-{p}.json")) for p in ("http", "grpc")]
     r = [x["results"][0] if "results" in x else x for x in r]
@@ -73,7 +93,7 @@ def run(label):
         "errors": sum(sum(x["errors"].values()) if isinstance(x["errors"], dict) else x["errors"] for x in r),
         "p99_ms": max(x["p99_ms"] for x in r),
     }
-steady, swap = run("steady"), run("swaps")
+steady, swap, corrupt = run("steady"), run("swaps"), run("corrupt")
 ratio = swap["p99_ms"] / steady["p99_ms"]
 growth = (rss_end - rss10) / rss10 * 100
 lines = [
@@ -82,14 +102,17 @@ lines = [
     "Produced by `make swap-check` (`scripts/swap_check.sh`) on a 2-core shared machine: the",
     "release server follows a registry every 100 ms; two loadtest processes (16 HTTP JSON +",
     "16 gRPC connections, concurrency 32 in all) drive model `iris` while another process moves",
-    f"`production` between versions 1 and 2 {swaps} times, every 0.5 s. Then {cycles}",
-    "management unload/load cycles of the model.",
+    f"`production` between versions 1 and 2 {swaps} times, every 0.5 s; then, under the same load,",
+    f"a version 3 whose stored artifact is corrupt is promoted. Then {cycles} management",
+    "unload/load cycles of the model.",
     "",
     "| run | requests/s | errors | worst p99 (ms) |",
     "|---|---|---|---|",
     f"| steady (no swaps) | {steady['requests/s']:.0f} | {steady['errors']} | {steady['p99_ms']:.3f} |",
     f"| {swaps} alias moves | {swap['requests/s']:.0f} | {swap['errors']} | {swap['p99_ms']:.3f} |",
+    f"| corrupt version promoted | {corrupt['requests/s']:.0f} | {corrupt['errors']} | {corrupt['p99_ms']:.3f} |",
     "",
+    f"- the corrupt version 3 in the index: {v3['state']}, \"{v3['reason']}\"",
     f"- swaps applied by the server: {swapped} (log lines `default version swapped`)",
     f"- p99 during swaps / steady p99: {ratio:.2f} (target ≤ 2)",
     f"- failed requests during swaps: {swap['errors']} (target 0)",

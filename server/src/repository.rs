@@ -635,13 +635,16 @@ impl Entry {
                     Some(old.version)
                 }
             }
+            // Production names a version that does not serve (it failed to load): the
+            // default stays where it was.
+            (None, Some(old)) if aliases.contains_key("production") => Some(old.version),
             (candidate, _) => candidate,
         };
         if let Some(&v) = aliases.get("production")
             && self.default_version != Some(u64::from(v))
             && !self.not_default.contains_key(&u64::from(v))
         {
-            tracing::error!(model = %name, version = v, "the production version is not serving; requests without a version get the newest");
+            tracing::error!(model = %name, version = v, default = ?self.default_version, "the production version is not serving; the default stays (at start: the newest)");
         }
         self.aliases = aliases;
     }

@@ -324,6 +324,41 @@ async fn a_promotion_elsewhere_is_hot_swapped_under_load_without_a_failed_reques
     }
     assert!(total > 20, "only {total} requests ran");
 
+    // Production back on 1, then a corrupt version 3 promoted: the default stays on 1 (not
+    // the newest serving version, 2). Its blob is corrupt before it is registered.
+    reg.promote("iris", 1, "production", false, "release")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while server.get_json("/v2/models/iris/versions/1").await.1["parameters"]["aliases"]
+        != "production"
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production did not move back to 1"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut v3 = std::fs::read(repo_dir().join("iris_mlp/1/model.onnx")).unwrap();
+    v3.extend_from_slice(b"\x72\x0b\x0a\x09corrupted");
+    let digest = infergate_registry::sha256_hex(&v3);
+    let blob_dir = dir.path().join("artifacts/sha256").join(&digest[..2]);
+    std::fs::create_dir_all(&blob_dir).unwrap();
+    std::fs::write(blob_dir.join(&digest), b"not the model").unwrap();
+    let v3_file = dir.path().join("iris-v3.onnx");
+    std::fs::write(&v3_file, &v3).unwrap();
+    assert_eq!(reg.import("iris", &v3_file, "ci").unwrap().version, 3);
+    reg.promote("iris", 3, "production", false, "release")
+        .unwrap();
+    let row = index_row(&server, "iris", "3", std::time::Duration::from_secs(2)).await;
+    assert_eq!(row["state"], "UNAVAILABLE");
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let (status, out) = server.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(
+        (status, out["model_version"].as_str()),
+        (200, Some("1")),
+        "{out}"
+    );
+
     // A new production whose stored artifact is corrupt is refused; version 1 keeps serving.
     // (The corrupt blob is in place before the version exists, so no poll can see it intact.)
     let bytes = tiny_candle_model_with_bias(9.0);
