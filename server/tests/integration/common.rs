@@ -125,6 +125,12 @@ impl TestServer {
         )
     }
 
+    /// GET a JSON document from the admin listener.
+    pub async fn admin_get_json(&self, path: &str) -> serde_json::Value {
+        let r = self.http.get(self.admin_url(path)).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();

@@ -419,27 +419,14 @@ async fn operators_pin_a_default_and_a_production_with_another_signature_is_not_
     assert_eq!(default_version(&out), "2");
     let row = index_row(&server, "iris", "2", std::time::Duration::ZERO).await;
     assert_eq!(row["reason"], "pinned as the default version");
-    assert_eq!(
-        admin(reqwest::Method::POST, "/admin/models/iris/pin/9")
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
-    assert_eq!(
-        admin(reqwest::Method::POST, "/admin/models/iris/pin/two")
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
-    assert_eq!(
-        admin(reqwest::Method::POST, "/admin/models/nope/pin/1")
-            .await
-            .unwrap()
-            .status(),
-        404
-    );
+    for (path, status) in [
+        ("/admin/models/iris/pin/9", 404),
+        ("/admin/models/iris/pin/two", 400),
+        ("/admin/models/nope/pin/1", 404),
+    ] {
+        let r = admin(reqwest::Method::POST, path).await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+    }
     let r = admin(reqwest::Method::DELETE, "/admin/models/iris/pin")
         .await
         .unwrap();

@@ -43,6 +43,14 @@ fn ab_route() -> RouteConfig {
     }
 }
 
+/// `/admin/routes/{route}/{what}` (shadow or canary), the part named `what`.
+async fn route_state(server: &TestServer, route: &str, what: &str) -> serde_json::Value {
+    server
+        .admin_get_json(&format!("/admin/routes/{route}/{what}"))
+        .await[what]
+        .clone()
+}
+
 fn body(extra: serde_json::Value) -> serde_json::Value {
     let mut b = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
     if !extra.is_null() {
@@ -217,24 +225,10 @@ async fn shadow_traffic_is_compared_with_the_primary_off_the_request_path() {
             assert_eq!(out["model_version"], "1");
         }
     }
-    let report = |route: &'static str| {
-        let url = server.admin_url(&format!("/admin/routes/{route}/shadow"));
-        let http = server.http.clone();
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()["shadow"]
-                .clone()
-        }
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     for route in ["self", "v1-vs-v2"] {
         let r = loop {
-            let r = report(route).await;
+            let r = route_state(&server, route, "shadow").await;
             let done = r["both_ok"].as_u64().unwrap() + r["shadow_failed"].as_u64().unwrap();
             if done + r["dropped"].as_u64().unwrap() == 20 {
                 break r;
@@ -331,29 +325,13 @@ async fn a_healthy_canary_advances_to_100_percent_and_a_failing_one_rolls_back_a
         ]
     })
     .await;
-    let canary = |route: &'static str| {
-        let (http, url) = (
-            server.http.clone(),
-            server.admin_url(&format!("/admin/routes/{route}/canary")),
-        );
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()["canary"]
-                .clone()
-        }
-    };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let good = loop {
         let (status, _) = server
             .post_json("/v2/models/good/infer", &body(serde_json::Value::Null))
             .await;
         assert_eq!(status, 200);
-        let report = canary("good").await;
+        let report = route_state(&server, "good", "canary").await;
         if report["phase"] == "completed" {
             break report;
         }
@@ -384,7 +362,7 @@ async fn a_healthy_canary_advances_to_100_percent_and_a_failing_one_rolls_back_a
             .post_json("/v2/models/bad/infer", &body(serde_json::Value::Null))
             .await;
         failures += usize::from(status != 200);
-        let report = canary("bad").await;
+        let report = route_state(&server, "bad", "canary").await;
         if report["phase"] == "rolled_back" {
             break report;
         }
