@@ -14,7 +14,7 @@ mod types;
 pub use baseline::{Baseline, FeatureBaseline};
 pub use gate::{GateRules, GateVerdict};
 pub use registry::{GcReport, NewArtifact, NewVersion, Promotion, Registry, VerifyReport};
-pub use store::{ArtifactStore, FsStore, sha256_hex};
+pub use store::{ArtifactStore, FsStore, sha256_file, sha256_hex};
 pub use time::format_millis;
 pub use types::{
     Artifact, ArtifactKind, AuditEntry, Lineage, ModelSummary, Signature, TensorSig, VersionRecord,

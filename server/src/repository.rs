@@ -455,19 +455,6 @@ fn new_version(
     }
 }
 
-/// `sha256:<hex>` of a file.
-fn file_digest(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest as _;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok(format!("sha256:{hex}"))
-}
-
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
@@ -523,8 +510,8 @@ fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, di
     let admission = admission_for(&config);
     for version in selected {
         let path = dir.join(version.to_string()).join(MODEL_FILE);
-        let digest = match file_digest(&path) {
-            Ok(d) => d,
+        let digest = match infergate_registry::sha256_file(&path) {
+            Ok(d) => format!("sha256:{d}"),
             Err(e) => {
                 entry.failures.insert(
                     Some(version),

@@ -151,7 +151,7 @@ impl Canary {
         {
             let mut sorted = s.latencies_ms.clone();
             sorted.sort_by(f64::total_cmp);
-            let p95 = sorted[(sorted.len() * 95 / 100).min(sorted.len() - 1)];
+            let p95 = super::experiment::quantile(&sorted, 0.95);
             if p95 > max {
                 broken = Some(format!(
                     "p95 latency {p95:.3} ms breaks the bound {max:.3} ms"

@@ -102,11 +102,16 @@ pub struct ExperimentReport {
     pub comparisons: Vec<Comparison>,
 }
 
+/// The `q` quantile of ascending, non-empty `sorted`.
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
 fn percentiles(sorted: &[f64]) -> Percentiles {
     if sorted.is_empty() {
         return Percentiles::default();
     }
-    let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)];
+    let at = |q| quantile(sorted, q);
     Percentiles {
         mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
         p50: at(0.50),

@@ -141,23 +141,15 @@ fn predicted_classes(resp: &InferResponse) -> Vec<u32> {
     let Some(out) = resp.outputs.first() else {
         return Vec::new();
     };
-    let values: Vec<f64> = match (out.tensor.to_vec::<f32>(), out.tensor.to_vec::<f64>()) {
-        (Some(v), _) => v.into_iter().map(f64::from).collect(),
-        (None, Some(v)) => v,
+    let values: Vec<f32> = match (out.tensor.to_vec::<f32>(), out.tensor.to_vec::<f64>()) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v.into_iter().map(|x| x as f32).collect(),
         _ => return Vec::new(),
     };
     let width = out.tensor.shape().last().copied().unwrap_or(0).max(1) as usize;
     values
         .chunks(width)
-        .map(|row| {
-            row.iter()
-                .enumerate()
-                .fold(
-                    (0, f64::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0 as u32
-        })
+        .map(|row| shadow::argmax(row) as u32)
         .collect()
 }
 
@@ -483,6 +475,10 @@ where
     }
 
     fn call(&mut self, mut req: InferRequest) -> Self::Future {
+        // Most requests name a model: peek without taking a reference on the route set.
+        if !self.table.current.load().routes.contains_key(&req.model) {
+            return Either::Left(self.inner.call(req));
+        }
         let routes = self.table.load();
         let Some(route) = routes.routes.get(&req.model) else {
             return Either::Left(self.inner.call(req));

@@ -130,7 +130,8 @@ impl ShadowStats {
     }
 }
 
-fn argmax(row: &[f32]) -> usize {
+/// Index of the largest value (the first on ties).
+pub(crate) fn argmax(row: &[f32]) -> usize {
     row.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &v)| {
