@@ -138,6 +138,14 @@ pub struct ServerConfig {
     pub grpc_repository_control: bool,
     /// How long graceful shutdown waits for in-flight requests, in milliseconds.
     pub drain_timeout_ms: u64,
+    /// An HTTP/1 connection must send a request's complete headers within this many
+    /// milliseconds (slow-header clients are disconnected).
+    pub header_timeout_ms: u64,
+    /// A request body must arrive completely within this many milliseconds of its headers
+    /// (slower: 408).
+    pub body_timeout_ms: u64,
+    /// Concurrent HTTP/2 streams per connection, on the gRPC and HTTP listeners.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +157,9 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             grpc_repository_control: false,
             drain_timeout_ms: 30_000,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_concurrent_streams: 1024,
         }
     }
 }
@@ -267,6 +278,18 @@ impl Config {
         let mut errors = Vec::new();
         if self.server.max_body_bytes == 0 {
             errors.push("server.max_body_bytes must be greater than 0".to_string());
+        }
+        for (key, value) in [
+            ("server.header_timeout_ms", self.server.header_timeout_ms),
+            ("server.body_timeout_ms", self.server.body_timeout_ms),
+            (
+                "server.max_concurrent_streams",
+                u64::from(self.server.max_concurrent_streams),
+            ),
+        ] {
+            if value == 0 {
+                errors.push(format!("{key} must be greater than 0"));
+            }
         }
         if self.runtime.instances == 0 {
             errors.push("runtime.instances must be at least 1".to_string());

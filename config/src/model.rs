@@ -24,6 +24,9 @@ pub struct ModelConfig {
     pub dynamic_batching: Option<DynamicBatching>,
     /// Present: identical requests are answered from a response cache.
     pub response_cache: Option<ResponseCache>,
+    /// Refuse requests whose floating-point inputs hold NaN or ±infinity (400) instead of
+    /// passing them to the model.
+    pub reject_non_finite: bool,
 }
 
 /// Triton-style dynamic batching settings.

@@ -107,6 +107,13 @@ impl Registry {
         })
     }
 
+    /// How long a write waits for another writer's lock before failing with "database is
+    /// locked" (default 30 s).
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {
+        self.conn().busy_timeout(timeout)?;
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

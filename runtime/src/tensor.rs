@@ -263,6 +263,30 @@ impl Tensor {
         }
     }
 
+    /// Index of the first NaN or infinite element of a floating-point tensor (none for other
+    /// datatypes). Reads the raw bits, so it needs no aligned copy.
+    pub fn first_non_finite(&self) -> Option<usize> {
+        let TensorData::Fixed(b) = &self.data else {
+            return None;
+        };
+        // An IEEE value is NaN or infinite exactly when its exponent bits are all ones.
+        let half = |mask: u16| {
+            b.chunks_exact(2)
+                .position(|c| u16::from_le_bytes([c[0], c[1]]) & mask == mask)
+        };
+        match self.dtype {
+            DataType::Fp16 => half(0x7C00),
+            DataType::Bf16 => half(0x7F80),
+            DataType::Fp32 => b
+                .chunks_exact(4)
+                .position(|c| !f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite()),
+            DataType::Fp64 => b
+                .chunks_exact(8)
+                .position(|c| !f64::from_le_bytes(c.try_into().expect("8 bytes")).is_finite()),
+            _ => None,
+        }
+    }
+
     /// The elements decoded into `T` (works whatever the buffer's alignment).
     pub fn to_vec<T: Element>(&self) -> Option<Vec<T>> {
         match &self.data {
@@ -321,6 +345,24 @@ mod tests {
         }
         assert_eq!(DataType::parse("fp32"), None);
         assert_eq!(DataType::parse("FLOAT"), None);
+    }
+
+    #[test]
+    fn non_finite_elements_are_found_in_every_float_type() {
+        use half::{bf16, f16};
+        let f32s = Tensor::from_slice(vec![3], &[1.0f32, f32::NAN, 2.0]).unwrap();
+        assert_eq!(f32s.first_non_finite(), Some(1));
+        let f64s = Tensor::from_slice(vec![2], &[0.5f64, f64::NEG_INFINITY]).unwrap();
+        assert_eq!(f64s.first_non_finite(), Some(1));
+        let halfs = Tensor::from_slice(vec![3], &[f16::ONE, f16::MAX, f16::INFINITY]).unwrap();
+        assert_eq!(halfs.first_non_finite(), Some(2));
+        let bf16s = Tensor::from_slice(vec![2], &[bf16::NAN, bf16::ONE]).unwrap();
+        assert_eq!(bf16s.first_non_finite(), Some(0));
+        let finite = Tensor::from_slice(vec![2], &[f32::MAX, f32::MIN_POSITIVE]).unwrap();
+        assert_eq!(finite.first_non_finite(), None);
+        // Integers have no NaN: 0xFFFFFFFF is just -1.
+        let ints = Tensor::from_slice(vec![1], &[-1i32]).unwrap();
+        assert_eq!(ints.first_non_finite(), None);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum Behavior {
     Fail,
     /// Panics.
     Panic,
+    /// Panics when the first element of the first input is negative (a poison request),
+    /// otherwise echoes.
+    PanicOnNegative,
 }
 
 /// A factory of fake backends with a given signature.
@@ -29,6 +32,8 @@ pub struct FakeFactory {
     signature: Signature,
     /// Number of executions started, across instances.
     pub executions: Arc<AtomicUsize>,
+    /// Number of backend instances created (a panicking instance is replaced by a new one).
+    pub created: Arc<AtomicUsize>,
 }
 
 impl FakeFactory {
@@ -37,6 +42,7 @@ impl FakeFactory {
             behavior,
             signature,
             executions: Arc::default(),
+            created: Arc::default(),
         }
     }
 
@@ -67,6 +73,7 @@ impl BackendFactory for FakeFactory {
     }
 
     fn create(&self) -> Result<Box<dyn Backend>, RuntimeError> {
+        self.created.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(FakeBackend {
             behavior: self.behavior,
             outputs: self
@@ -98,6 +105,15 @@ impl Backend for FakeBackend {
             Behavior::Slow(d) => std::thread::sleep(d),
             Behavior::Fail => return Err(RuntimeError::Backend("fake backend failure".into())),
             Behavior::Panic => panic!("fake backend panic"),
+            Behavior::PanicOnNegative => {
+                let first = inputs
+                    .first()
+                    .and_then(|i| i.tensor.to_vec::<f32>())
+                    .and_then(|v| v.first().copied());
+                if first.is_some_and(|x| x < 0.0) {
+                    panic!("fake backend panic on a negative input");
+                }
+            }
         }
         Ok(inputs
             .iter()

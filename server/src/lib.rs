@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use infergate_config::Config;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -151,20 +150,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
-    let stop = shutdown.clone();
-    // Small responses must not wait for Nagle's algorithm.
-    let http_listener = listeners.http.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let http = axum::serve(
-        http_listener,
-        http::router(Arc::clone(&gateway)).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned());
+    let limits = http::ConnLimits::from_config(&gateway.config.server);
+    let http = http::serve(
+        listeners.http,
+        http::router(Arc::clone(&gateway)),
+        limits,
+        shutdown.clone(),
+    );
     servers.spawn(async move { http.await.context("http listener failed") });
-    let stop = shutdown.clone();
-    let admin = axum::serve(listeners.admin, admin::router(Arc::clone(&gateway)))
-        .with_graceful_shutdown(stop.cancelled_owned());
+    let admin = http::serve(
+        listeners.admin,
+        admin::router(Arc::clone(&gateway)),
+        limits,
+        shutdown.clone(),
+    );
     servers.spawn(async move { admin.await.context("admin listener failed") });
     let grpc = grpc::serve(Arc::clone(&gateway), listeners.grpc, shutdown.clone());
     servers.spawn(async move { grpc.await.context("grpc listener failed") });
@@ -213,7 +212,14 @@ async fn follow_registry(gateway: Arc<Gateway>, every: Duration, shutdown: Cance
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let changed = gateway.repository.sync_registry().await;
+        let changed = match gateway.repository.sync_registry().await {
+            Ok(changed) => changed,
+            Err(e) => {
+                gateway.metrics.registry_poll_errors.inc();
+                tracing::error!(error = %e, "registry poll failed; serving what is loaded");
+                continue;
+            }
+        };
         if !changed.is_empty() {
             gateway
                 .metrics

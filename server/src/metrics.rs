@@ -63,6 +63,7 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub loaded_versions: Gauge,
+    pub registry_poll_errors: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -86,6 +87,7 @@ impl Default for Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let loaded_versions = Gauge::default();
+        let registry_poll_errors = Counter::default();
         registry.register(
             "requests",
             "Inference requests by model, version, protocol and outcome",
@@ -126,6 +128,11 @@ impl Default for Metrics {
             "Model versions loaded and ready",
             loaded_versions.clone(),
         );
+        registry.register(
+            "registry_poll_errors",
+            "Registry polls that could not read the registry (what is loaded keeps serving)",
+            registry_poll_errors.clone(),
+        );
         Self {
             registry,
             requests,
@@ -136,6 +143,7 @@ impl Default for Metrics {
             rejected,
             cache,
             loaded_versions,
+            registry_poll_errors,
         }
     }
 }

@@ -709,10 +709,11 @@ impl Repository {
     /// since are loaded, verified and warmed up before they serve; the default version follows
     /// `production`; versions already serving are kept as they are, so no request is
     /// interrupted. A version that fails to load is reported in the index (and not retried until a
-    /// management load) while everything else keeps serving. Returns the models that changed.
-    pub async fn sync_registry(&self) -> Vec<String> {
+    /// management load) while everything else keeps serving. Returns the models that changed,
+    /// or why the registry could not be read (nothing changes then).
+    pub async fn sync_registry(&self) -> Result<Vec<String>, String> {
         let Some(registry) = self.registry.clone() else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let _guard = self.control.lock().await;
         let reader = Arc::clone(&registry);
@@ -730,14 +731,8 @@ impl Repository {
         .await;
         let snapshot = match snapshot {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read the registry");
-                return Vec::new();
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "registry reader failed");
-                return Vec::new();
-            }
+            Ok(Err(e)) => return Err(format!("cannot read the registry: {e}")),
+            Err(e) => return Err(format!("registry reader failed: {e}")),
         };
         let mut changed = Vec::new();
         for (name, state) in snapshot {
@@ -807,7 +802,7 @@ impl Repository {
             });
             changed.push(name);
         }
-        changed
+        Ok(changed)
     }
 
     /// Pins `version` as the model's default (over `production`), or with `None` unpins.

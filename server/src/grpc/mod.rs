@@ -43,6 +43,7 @@ pub fn serve(
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
     tonic::transport::Server::builder()
+        .max_concurrent_streams(gateway.config.server.max_concurrent_streams)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))

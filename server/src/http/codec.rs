@@ -347,10 +347,32 @@ impl Flat<'_> {
     }
 
     fn float<E: serde::de::Error>(&mut self, v: f64) -> Result<(), E> {
+        // JSON numbers are finite; one that only fits by becoming infinity is refused.
+        let finite = |narrowed: f64| {
+            if narrowed.is_finite() {
+                Ok(())
+            } else {
+                Err(E::custom(format!(
+                    "value {v} is out of range for {}",
+                    self.dtype
+                )))
+            }
+        };
         match self.dtype {
-            DataType::Fp16 => self.push_fixed(&f16::from_f64(v).to_le_bytes()),
-            DataType::Bf16 => self.push_fixed(&bf16::from_f64(v).to_le_bytes()),
-            DataType::Fp32 => self.push_fixed(&(v as f32).to_le_bytes()),
+            DataType::Fp16 => {
+                let x = f16::from_f64(v);
+                finite(x.to_f64())?;
+                self.push_fixed(&x.to_le_bytes())
+            }
+            DataType::Bf16 => {
+                let x = bf16::from_f64(v);
+                finite(x.to_f64())?;
+                self.push_fixed(&x.to_le_bytes())
+            }
+            DataType::Fp32 => {
+                finite(f64::from(v as f32))?;
+                self.push_fixed(&(v as f32).to_le_bytes())
+            }
             DataType::Fp64 => self.push_fixed(&v.to_le_bytes()),
             _ if v.fract() == 0.0 && v.abs() < 1.8e19 => self.int(v as i128),
             _ => Err(E::custom(format!(

@@ -4,6 +4,7 @@
 use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
@@ -74,7 +75,20 @@ async fn handle(
     body: Body,
 ) -> Result<Response, ServeError> {
     let limit = g.config.server.max_body_bytes;
-    let body = read_body(body, headers, limit).await?;
+    let patience = Duration::from_millis(g.config.server.body_timeout_ms);
+    // A client that trickles its body (slowloris) must not hold a connection and an admission
+    // permit forever.
+    let body = tokio::time::timeout(patience, read_body(body, headers, limit))
+        .await
+        .map_err(|_| {
+            ServeError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "request body not received within {} ms (server.body_timeout_ms)",
+                    patience.as_millis()
+                ),
+            )
+        })??;
     let header_len = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(

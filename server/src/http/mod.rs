@@ -2,6 +2,9 @@
 
 mod codec;
 mod infer;
+mod listen;
+
+pub use listen::{ConnLimits, serve};
 
 use std::sync::Arc;
 

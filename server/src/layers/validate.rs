@@ -95,6 +95,14 @@ pub fn check(req: &InferRequest, target: &ModelVersion) -> Result<(), ServeError
                 input.name, spec.shape
             )));
         }
+        if target.config.reject_non_finite
+            && let Some(index) = tensor.first_non_finite()
+        {
+            return Err(ServeError::invalid(format!(
+                "input '{}' element {index} is NaN or infinite; model '{model}' accepts finite values only (reject_non_finite)",
+                input.name
+            )));
+        }
     }
     for spec in &signature.inputs {
         if !req.inputs.iter().any(|i| *i.name == spec.name) {
@@ -116,10 +124,14 @@ pub fn check(req: &InferRequest, target: &ModelVersion) -> Result<(), ServeError
             .iter()
             .find(|i| i.tensor.shape().first() != Some(&batch))
         {
+            let theirs = other
+                .tensor
+                .shape()
+                .first()
+                .map_or("no batch dimension".to_string(), |b| format!("batch size {b}"));
             return Err(ServeError::invalid(format!(
-                "input '{}' has batch size {:?}, other inputs have {batch}",
-                other.name,
-                other.tensor.shape().first()
+                "input '{}' has {theirs}, other inputs have batch size {batch}",
+                other.name
             )));
         }
         if batch > max_batch {

@@ -3,8 +3,10 @@
 
 mod common;
 mod errors;
+mod faults;
 mod gateway;
 mod grpc;
+mod hostile;
 mod http;
 mod lifecycle;
 mod registry;
