@@ -22,7 +22,7 @@ ADMIN_ADDR    ?= 127.0.0.1:8002
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -87,6 +87,14 @@ bench: ort venv ## release build, fixture models, loopback server, the benchmark
 swap-check: ort ## hot swap under load: 100 alias moves at concurrency 32, then 200 unload/load cycles -> docs/hot-swap.md
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
 	./scripts/swap_check.sh
+
+fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; corpus in fuzz/corpus -> docs/reliability.md
+	@[ -x .tools/bin/cargo-fuzz ] || $(CARGO) install --locked --root .tools cargo-fuzz --version 0.13.2
+	./scripts/fuzz.sh
+
+soak: ort ## 30 min (SOAK_DURATION=s) of mixed load, hot swaps and cache churn; RSS, fds, threads, p99 -> docs/reliability.md
+	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
+	./scripts/soak.sh
 
 bench-tools: ## install oha into .tools/ (and Debian's wrk when apt-get is usable): make bench cross-checks against them
 	$(CARGO) install oha --root .tools --locked

@@ -36,17 +36,38 @@ where
     T: DeserializeOwned,
     I: IntoIterator<Item = (String, String)>,
 {
-    let mut table = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = match file {
+        Some(path) => Some((
+            path.display().to_string(),
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.to_path_buf(),
                 source,
-            })?;
-            text.parse::<Table>().map_err(|e| ConfigError::Parse {
-                origin: path.display().to_string(),
-                message: e.message().to_string(),
-            })?
-        }
+            })?,
+        )),
+        None => None,
+    };
+    load_text(
+        text.as_ref().map(|(o, t)| (o.as_str(), t.as_str())),
+        env,
+        cli,
+    )
+}
+
+/// [`load`] from the text of a file (`(origin, text)`) instead of its path.
+pub(crate) fn load_text<T, I>(
+    file: Option<(&str, &str)>,
+    env: I,
+    cli: &Overrides,
+) -> Result<T, ConfigError>
+where
+    T: DeserializeOwned,
+    I: IntoIterator<Item = (String, String)>,
+{
+    let mut table = match file {
+        Some((origin, text)) => text.parse::<Table>().map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            message: e.message().to_string(),
+        })?,
         None => Table::new(),
     };
     let mut errors = Vec::new();
@@ -69,7 +90,10 @@ where
     if !errors.is_empty() {
         return Err(ConfigError::Invalid(errors));
     }
-    let origin = file.map_or_else(|| "(defaults)".to_string(), |p| p.display().to_string());
+    let origin = file.map_or_else(
+        || "(defaults)".to_string(),
+        |(origin, _)| origin.to_string(),
+    );
     T::deserialize(Value::Table(table)).map_err(|e| ConfigError::Parse {
         origin,
         message: e.message().to_string(),

@@ -273,6 +273,15 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses and checks the text of a configuration file (no environment, no flags);
+    /// `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config =
+            layered::load_text(Some((origin, text)), Vec::new(), &Overrides::default())?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// Checks semantic rules and reports every violation together.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();

@@ -184,21 +184,25 @@ impl ModelConfig {
                 });
             }
         };
-        let config: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            origin: path.display().to_string(),
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks the text of a `config.toml`; `origin` names it in error messages.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
             message: e.message().to_string(),
         })?;
         let mut errors = Vec::new();
         if config.instances == Some(0) {
-            errors.push(format!("{}: instances must be at least 1", path.display()));
+            errors.push(format!("{origin}: instances must be at least 1"));
         }
         if config.version_policy == VersionPolicy::Latest(0) {
             errors.push(format!(
-                "{}: version_policy latest must be at least 1",
-                path.display()
+                "{origin}: version_policy latest must be at least 1"
             ));
         }
-        errors.extend(config.check_sections(&path.display().to_string()));
+        errors.extend(config.check_sections(origin));
         if errors.is_empty() {
             Ok(config)
         } else {

@@ -16,6 +16,32 @@ pub mod stack;
 pub mod stats;
 pub mod views;
 
+/// The front ends' decoders of untrusted bytes, for the fuzz targets under `fuzz/`: exactly
+/// the code a request body or message goes through before the stack sees it.
+pub mod decode {
+    use bytes::Bytes;
+    use prost::Message as _;
+
+    use crate::core::InferRequest;
+    use crate::error::ServeError;
+
+    /// An HTTP infer body: JSON header, then the binary-extension tail (possibly empty).
+    pub fn http(json: &[u8], binary: Bytes) -> Result<InferRequest, ServeError> {
+        let (mut req, _) = crate::http::codec::decode("fuzz".into(), None, json, binary)?;
+        req.apply_parameters()?;
+        Ok(req)
+    }
+
+    /// A serialized gRPC `ModelInferRequest`.
+    pub fn grpc(message: &[u8]) -> Result<InferRequest, ServeError> {
+        let message = infergate_proto::inference::ModelInferRequest::decode(message)
+            .map_err(|e| ServeError::invalid(format!("malformed message: {e}")))?;
+        let mut req = crate::grpc::convert::request(message)?;
+        req.apply_parameters()?;
+        Ok(req)
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! The KServe V2 gRPC front end (`inference.GRPCInferenceService`) and `grpc.health.v1`.
 
-mod convert;
+pub(crate) mod convert;
 
 use std::pin::Pin;
 use std::sync::Arc;

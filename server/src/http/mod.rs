@@ -1,6 +1,6 @@
 //! The KServe V2 HTTP/REST front end: translates HTTP to the core request and back.
 
-mod codec;
+pub(crate) mod codec;
 mod infer;
 mod listen;
 

@@ -128,7 +128,9 @@ pub fn check(req: &InferRequest, target: &ModelVersion) -> Result<(), ServeError
                 .tensor
                 .shape()
                 .first()
-                .map_or("no batch dimension".to_string(), |b| format!("batch size {b}"));
+                .map_or("no batch dimension".to_string(), |b| {
+                    format!("batch size {b}")
+                });
             return Err(ServeError::invalid(format!(
                 "input '{}' has {theirs}, other inputs have batch size {batch}",
                 other.name
