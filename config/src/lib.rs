@@ -157,7 +157,7 @@ impl Default for ServerConfig {
             max_body_bytes: 64 * 1024 * 1024,
             grpc_repository_control: false,
             drain_timeout_ms: 30_000,
-            header_timeout_ms: 10_000,
+            header_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
             max_concurrent_streams: 1024,
         }

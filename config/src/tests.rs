@@ -61,6 +61,8 @@ fn all_semantic_errors_are_reported_together() {
         ("INFERGATE_LOG__FORMAT", "xml"),
         ("INFERGATE_SERVER__HTTP_ADDR", "127.0.0.1:5000"),
         ("INFERGATE_SERVER__GRPC_ADDR", "127.0.0.1:5000"),
+        ("INFERGATE_SERVER__BODY_TIMEOUT_MS", "0"),
+        ("INFERGATE_SERVER__MAX_CONCURRENT_STREAMS", "0"),
     ]);
     let err = Config::load(None, vars, &Overrides::new())
         .unwrap_err()
@@ -70,9 +72,28 @@ fn all_semantic_errors_are_reported_together() {
         "runtime.queue_capacity",
         "log.format",
         "server.http_addr and server.grpc_addr are both 127.0.0.1:5000",
+        "server.body_timeout_ms must be greater than 0",
+        "server.max_concurrent_streams must be greater than 0",
     ] {
         assert!(err.contains(fragment), "missing {fragment:?} in {err}");
     }
+}
+
+#[test]
+fn config_text_parses_like_a_file() {
+    let config = Config::parse("[server]\nbody_timeout_ms = 5\n", "text").unwrap();
+    assert_eq!(config.server.body_timeout_ms, 5);
+    let err = Config::parse("[server]\nbody_timeout = 5\n", "text")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("body_timeout"), "{err}");
+    let err = ModelConfig::parse("instances = 0\n", "m/config.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("m/config.toml: instances must be at least 1"),
+        "{err}"
+    );
 }
 
 #[test]
