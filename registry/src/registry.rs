@@ -107,6 +107,19 @@ impl Registry {
         })
     }
 
+    /// Appends an entry to the audit log for something that happened outside the registry
+    /// (e.g. a canary transition in a server), so one log tells a model's story.
+    pub fn record_event(
+        &self,
+        actor: &str,
+        action: &str,
+        model: &str,
+        detail: &serde_json::Value,
+    ) -> Result<()> {
+        let conn = self.conn();
+        db::audit(&conn, now_millis(), actor, action, model, detail)
+    }
+
     /// How long a write waits for another writer's lock before failing with "database is
     /// locked" (default 30 s).
     pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {

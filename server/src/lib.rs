@@ -73,6 +73,9 @@ impl Gateway {
     pub fn new(config: Config, repository: Arc<Repository>) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let routes = Arc::new(layers::route::RouteTable::new(&config.routes));
+        if let Some(registry) = repository.registry() {
+            routes.on_canary_transition(canary_audit(Arc::clone(registry)));
+        }
         Arc::new(Self {
             stack: stack::build(
                 Arc::clone(&repository),
@@ -226,6 +229,35 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!("infergate stopped");
     Ok(())
+}
+
+/// Writes canary transitions of registry models to the registry's audit log, beside the
+/// alias moves and promotions of the same model.
+fn canary_audit(registry: Arc<infergate_registry::Registry>) -> layers::route::CanaryHook {
+    Arc::new(move |event: layers::route::CanaryEvent| {
+        let registry = Arc::clone(&registry);
+        tokio::task::spawn_blocking(move || {
+            if !registry
+                .models()
+                .is_ok_and(|models| models.iter().any(|m| m.name == event.model))
+            {
+                return;
+            }
+            let detail = serde_json::json!({
+                "route": event.route,
+                "variant": event.variant,
+                "version": event.version,
+                "from_percent": event.from_percent,
+                "to_percent": event.to_percent,
+                "reason": event.reason,
+            });
+            if let Err(e) =
+                registry.record_event("canary", "canary_transition", &event.model, &detail)
+            {
+                tracing::error!(error = %e, route = %event.route, "cannot audit a canary transition");
+            }
+        });
+    })
 }
 
 /// Polls the registry and hot-swaps what changed until shutdown.

@@ -840,6 +840,11 @@ impl Repository {
         self.registry.is_some()
     }
 
+    /// The registry this repository follows, if any.
+    pub fn registry(&self) -> Option<&Arc<Registry>> {
+        self.registry.as_ref()
+    }
+
     /// The registry aliases pointing at `version` of `name`.
     pub fn aliases_of(&self, name: &str, version: u64) -> Vec<String> {
         self.models

@@ -32,6 +32,21 @@ pub const VARIANT_PARAM: &str = "variant";
 /// was overloaded.
 pub const FALLBACK_PARAM: &str = "fallback";
 
+/// A canary transition, for the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryEvent {
+    pub route: String,
+    pub variant: String,
+    pub model: String,
+    pub version: Option<String>,
+    pub from_percent: u32,
+    pub to_percent: u32,
+    pub reason: String,
+}
+
+/// Receives every canary transition (the server writes them to the registry's audit log).
+pub type CanaryHook = Arc<dyn Fn(CanaryEvent) + Send + Sync>;
+
 /// A route's variants with their cumulative weights.
 #[derive(Debug)]
 struct Route {
@@ -44,8 +59,9 @@ struct Route {
     canary: Option<Canary>,
     /// Variant that answers when the chosen one is overloaded.
     fallback: Option<usize>,
-    /// Per-variant outcomes for experiment reports.
-    stats: Vec<VariantStats>,
+    /// Per-variant outcomes for experiment reports (carried over when routes are replaced
+    /// and the variant stays the same).
+    stats: Vec<Arc<VariantStats>>,
 }
 
 /// Cumulative weights: with a canary at `percent`, it gets that share and the other variants
@@ -96,7 +112,7 @@ struct Shadow {
     sender: OnceLock<tokio::sync::mpsc::Sender<ShadowJob>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Variant {
     name: String,
     model: String,
@@ -156,9 +172,17 @@ fn predicted_classes(resp: &InferResponse) -> Vec<u32> {
 impl Routes {
     /// Routes from validated config.
     pub fn new(config: &[RouteConfig]) -> Self {
+        Self::replacing(config, None)
+    }
+
+    /// Routes from validated config that take over from `previous`: a variant that stays the
+    /// same (route, variant name, model and version) keeps its statistics, and so does a
+    /// shadow of the same model and version, so experiment reports survive a weight change.
+    fn replacing(config: &[RouteConfig], previous: Option<&Routes>) -> Self {
         let routes = config
             .iter()
             .map(|r| {
+                let before = previous.and_then(|p| p.routes.get(&r.name));
                 let base: Vec<u64> = r.variants.iter().map(|v| u64::from(v.weight)).collect();
                 let canary = r.canary.as_ref().and_then(|c| {
                     let index = r.variants.iter().position(|v| v.name == c.variant)?;
@@ -169,7 +193,7 @@ impl Routes {
                     .fallback
                     .as_ref()
                     .and_then(|f| r.variants.iter().position(|v| &v.name == f));
-                let variants = r
+                let variants: Vec<Variant> = r
                     .variants
                     .iter()
                     .map(|v| Variant {
@@ -178,12 +202,27 @@ impl Routes {
                         version: v.version.clone(),
                     })
                     .collect();
+                let stats = variants
+                    .iter()
+                    .map(|v| {
+                        before
+                            .and_then(|b| {
+                                let j = b.variants.iter().position(|old| old == v)?;
+                                Some(Arc::clone(&b.stats[j]))
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
                 let shadow = r.shadow.as_ref().map(|s| Shadow {
                     model: s.model.clone(),
                     version: s.version.clone(),
                     per_million: (s.fraction.clamp(0.0, 1.0) * 1e6).round() as u64,
                     queue: s.queue.max(1),
-                    stats: Arc::default(),
+                    stats: before
+                        .and_then(|b| b.shadow.as_ref())
+                        .filter(|old| old.model == s.model && old.version == s.version)
+                        .map(|old| Arc::clone(&old.stats))
+                        .unwrap_or_default(),
                     sender: OnceLock::new(),
                 });
                 (
@@ -195,7 +234,7 @@ impl Routes {
                         shadow,
                         canary,
                         fallback,
-                        stats: r.variants.iter().map(|_| VariantStats::default()).collect(),
+                        stats,
                     },
                 )
             })
@@ -279,7 +318,7 @@ impl Routes {
             .variants
             .iter()
             .zip(&route.stats)
-            .map(|(v, s)| (v.name.as_str(), s))
+            .map(|(v, s)| (v.name.as_str(), &**s))
             .collect();
         Some(experiment::report(&pairs))
     }
@@ -289,9 +328,11 @@ impl Routes {
         Some(self.routes.get(name)?.canary.as_ref()?.report())
     }
 
-    /// Applies the canary gates of every route; changed shares take effect at once.
-    fn evaluate_canaries(&self) {
-        for route in self.routes.values() {
+    /// Applies the canary gates of every route; changed shares take effect at once. Returns
+    /// the transitions made.
+    fn evaluate_canaries(&self) -> Vec<CanaryEvent> {
+        let mut events = Vec::new();
+        for (name, route) in &self.routes {
             if let Some(c) = &route.canary
                 && let Some(percent) = c.evaluate()
             {
@@ -299,8 +340,20 @@ impl Routes {
                     &route.base,
                     Some((c.variant, percent)),
                 )));
+                let variant = &route.variants[c.variant];
+                let last = c.report().transitions.pop();
+                events.push(CanaryEvent {
+                    route: name.clone(),
+                    variant: variant.name.clone(),
+                    model: variant.model.clone(),
+                    version: variant.version.clone(),
+                    from_percent: last.as_ref().map_or(0, |t| t.from_percent),
+                    to_percent: percent,
+                    reason: last.map(|t| t.reason).unwrap_or_default(),
+                });
             }
         }
+        events
     }
 
     /// The live shadow comparison of a route (`None`: no such route or no shadow).
@@ -340,6 +393,8 @@ pub struct RouteTable {
     current: ArcSwap<Routes>,
     /// Starts the background work of a route set; installed when the stack is built.
     start: OnceLock<StartBackground>,
+    /// Told about every canary transition of every route set.
+    on_canary: Arc<OnceLock<CanaryHook>>,
 }
 
 /// Starts a route set's shadow workers and canary controller.
@@ -357,7 +412,13 @@ impl RouteTable {
         Self {
             current: ArcSwap::from_pointee(Routes::new(config)),
             start: OnceLock::new(),
+            on_canary: Arc::default(),
         }
+    }
+
+    /// Installs the receiver of canary transitions (once; later calls are ignored).
+    pub fn on_canary_transition(&self, hook: CanaryHook) {
+        let _ = self.on_canary.set(hook);
     }
 
     /// The set in force.
@@ -374,7 +435,7 @@ impl RouteTable {
                 errors.join("; ")
             )));
         }
-        let routes = Arc::new(Routes::new(&config));
+        let routes = Arc::new(Routes::replacing(&config, Some(&self.current.load())));
         if let Some(start) = self.start.get() {
             start(&routes);
         }
@@ -386,7 +447,7 @@ impl RouteTable {
 
 /// Starts the shadow workers (each with its own handle on the rest of the stack) and the
 /// canary controller (it stops when the set is dropped) of a route set.
-fn start_background<S>(routes: &Arc<Routes>, inner: &S)
+fn start_background<S>(routes: &Arc<Routes>, inner: &S, on_canary: &Arc<OnceLock<CanaryHook>>)
 where
     S: Service<InferRequest, Response = InferResponse, Error = BoxError> + Clone + Send + 'static,
     S::Future: Send,
@@ -401,13 +462,18 @@ where
         && !routes.controller.swap(true, Ordering::Relaxed)
     {
         let weak = Arc::downgrade(routes);
+        let on_canary = Arc::clone(on_canary);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(tick).await;
                 let Some(routes) = weak.upgrade() else {
                     return;
                 };
-                routes.evaluate_canaries();
+                for event in routes.evaluate_canaries() {
+                    if let Some(hook) = on_canary.get() {
+                        hook(event);
+                    }
+                }
             }
         });
     }
@@ -439,12 +505,13 @@ where
 
     fn layer(&self, inner: S) -> Self::Service {
         if tokio::runtime::Handle::try_current().is_ok() {
-            start_background(&self.table.load(), &inner);
+            let on_canary = Arc::clone(&self.table.on_canary);
+            start_background(&self.table.load(), &inner, &on_canary);
             // A service need not be Sync; the handle kept for later route sets is locked.
             let for_later = std::sync::Mutex::new(inner.clone());
             let _ = self.table.start.set(Box::new(move |routes| {
                 let inner = for_later.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                start_background(routes, &inner);
+                start_background(routes, &inner, &on_canary);
             }));
         }
         RouteService {

@@ -131,6 +131,12 @@ impl TestServer {
         r.json().await.unwrap()
     }
 
+    /// GET a text document (e.g. `/metrics`) from the admin listener.
+    pub async fn admin_get_text(&self, path: &str) -> String {
+        let r = self.http.get(self.admin_url(path)).send().await.unwrap();
+        r.text().await.unwrap()
+    }
+
     pub async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
@@ -148,6 +154,21 @@ impl TestServer {
             .expect("server did not stop")
             .unwrap()
             .unwrap();
+    }
+}
+
+/// A gRPC input tensor without contents (the data goes in `raw_input_contents`).
+pub fn grpc_input(
+    name: &str,
+    dtype: &str,
+    shape: &[i64],
+) -> infergate_proto::inference::model_infer_request::InferInputTensor {
+    infergate_proto::inference::model_infer_request::InferInputTensor {
+        name: name.into(),
+        datatype: dtype.into(),
+        shape: shape.to_vec(),
+        parameters: Default::default(),
+        contents: None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use infergate_proto::inference as pb;
 use serde_json::{Value, json};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, grpc_input as raw_input};
 use crate::http::{DTYPES, json_values};
 
 enum Body {
@@ -304,16 +304,6 @@ async fn bad_http_requests_get_precise_4xx() {
         "{stats}"
     );
     s.stop().await;
-}
-
-fn raw_input(name: &str, dtype: &str, shape: &[i64]) -> pb::model_infer_request::InferInputTensor {
-    pb::model_infer_request::InferInputTensor {
-        name: name.into(),
-        datatype: dtype.into(),
-        shape: shape.to_vec(),
-        parameters: HashMap::new(),
-        contents: None,
-    }
 }
 
 fn request(

@@ -324,15 +324,7 @@ async fn a_locked_registry_database_does_not_disturb_serving() {
     std::fs::write(&db, &broken).unwrap();
     assert!(serve_for(Duration::from_millis(500)).await > 10);
     std::fs::write(&db, &original).unwrap();
-    let metrics = s
-        .http
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.admin_get_text("/metrics").await;
     let poll_errors: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("infergate_registry_poll_errors_total "))

@@ -520,15 +520,7 @@ async fn deadlines_map_to_504_and_deadline_exceeded_over_the_wire() {
         1,
         "no expired request ran"
     );
-    let metrics = s
-        .http
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.admin_get_text("/metrics").await;
     let count = |cause: &str| -> u64 {
         let prefix =
             format!(r#"infergate_rejected_requests_total{{model="fake",cause="{cause}"}} "#);

@@ -6,18 +6,9 @@ use infergate_proto::health::v1 as health;
 use infergate_proto::inference as pb;
 use tokio_stream::StreamExt;
 
+use crate::common::grpc_input as input;
 use crate::common::{TestServer, direct_ort_f32, repo_dir};
 use crate::http::DTYPES;
-
-fn input(name: &str, dtype: &str, shape: &[i64]) -> pb::model_infer_request::InferInputTensor {
-    pb::model_infer_request::InferInputTensor {
-        name: name.into(),
-        datatype: dtype.into(),
-        shape: shape.to_vec(),
-        parameters: HashMap::new(),
-        contents: None,
-    }
-}
 
 fn iris_request(rows: &[f32], id: &str) -> pb::ModelInferRequest {
     pb::ModelInferRequest {

@@ -4,7 +4,6 @@
 //! Each case names its expected status and a fragment of the message; after every table the
 //! server must still be ready and answer a good request.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use infergate_proto::inference as pb;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::TestServer;
+use crate::common::{TestServer, grpc_input as input};
 
 const IRIS: &str = "/v2/models/iris_mlp/infer";
 const SIMPLE: &str = "/v2/models/simple/infer";
@@ -261,16 +260,6 @@ async fn hostile_http_requests_get_their_status_and_message() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert_healthy(&s).await;
     s.stop().await;
-}
-
-fn input(name: &str, dtype: &str, shape: &[i64]) -> pb::model_infer_request::InferInputTensor {
-    pb::model_infer_request::InferInputTensor {
-        name: name.into(),
-        datatype: dtype.into(),
-        shape: shape.to_vec(),
-        parameters: HashMap::new(),
-        contents: None,
-    }
 }
 
 fn iris_raw(shape: &[i64], raw: Vec<u8>) -> pb::ModelInferRequest {

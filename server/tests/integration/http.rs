@@ -512,15 +512,7 @@ async fn metrics_count_requests_by_outcome() {
         s.post_json("/v2/models/evil-name-1/infer", &bad).await.0,
         404
     );
-    let text = s
-        .http
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.admin_get_text("/metrics").await;
     assert!(
         text.contains(r#"infergate_requests_total{model="iris_mlp",version="2",protocol="http",outcome="success"} 3"#),
         "{text}"

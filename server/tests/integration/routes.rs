@@ -615,3 +615,114 @@ async fn routes_are_replaced_at_run_time_all_at_once_and_only_when_valid() {
     assert_eq!(status, 404, "the old route is gone");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn replacing_routes_keeps_the_statistics_of_unchanged_variants() {
+    let server = TestServer::start_with(|c| c.routes = vec![ab_route()]).await;
+    for i in 0..20 {
+        let (status, _) = server
+            .post_json(
+                "/v2/models/iris-ab/infer",
+                &body(json!({"route_key": format!("user-{i}")})),
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let requests = |report: &serde_json::Value, variant: &str| {
+        report["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["variant"] == variant)
+            .map(|v| v["requests"].as_u64().unwrap())
+    };
+    let before = server.admin_get_json("/admin/experiments/iris-ab").await;
+    let (a, b) = (
+        requests(&before, "a").unwrap(),
+        requests(&before, "b").unwrap(),
+    );
+    assert_eq!(a + b, 20);
+
+    // New weights, same variants: the counts carry over. A variant whose version changed
+    // ("b" now serves version 1) is another experiment arm and starts from zero.
+    let replaced = json!([{"name": "iris-ab", "variants": [
+        {"name": "a", "model": "iris_mlp", "version": "1", "weight": 3},
+        {"name": "b", "model": "iris_mlp", "version": "1", "weight": 1}
+    ]}]);
+    let r = server
+        .http
+        .put(server.admin_url("/admin/routes"))
+        .json(&replaced)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let after = server.admin_get_json("/admin/experiments/iris-ab").await;
+    assert_eq!(requests(&after, "a"), Some(a));
+    assert_eq!(requests(&after, "b"), Some(0));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn canary_transitions_of_registry_models_are_audited_in_the_registry() {
+    use std::sync::Arc;
+
+    use infergate_registry::Registry;
+    use infergate_server::repository::Repository;
+
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Arc::new(Registry::open(dir.path()).unwrap());
+    let repo = crate::common::repo_dir();
+    for v in ["1", "2"] {
+        registry
+            .import(
+                "iris",
+                &repo.join(format!("iris_mlp/{v}/model.onnx")),
+                "test",
+            )
+            .unwrap();
+    }
+    registry.set_alias("iris", "production", 1, "test").unwrap();
+    let mut config = crate::common::loopback_config();
+    config.models.registry = Some(dir.path().to_path_buf());
+    let mut route = canary_route("iris-canary", "iris", vec![50, 100], 5);
+    route.variants[0].model = "iris".into();
+    route.variants[1].version = Some("2".into());
+    // A p95 bound no real request meets: the canary must roll back.
+    route.canary.as_mut().unwrap().max_p95_ms = Some(0.000_001);
+    config.routes = vec![route];
+    let repository = Repository::new(
+        None,
+        Some(crate::common::ort_runtime()),
+        config.runtime.clone(),
+    )
+    .with_registry(Arc::clone(&registry));
+    let repository = Arc::new(repository);
+    repository.load_all().await.unwrap();
+    let server = TestServer::serve(config, repository).await;
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let entry = loop {
+        let _ = server
+            .post_json(
+                "/v2/models/iris-canary/infer",
+                &body(serde_json::Value::Null),
+            )
+            .await;
+        let audit = registry.audit(Some("iris")).unwrap();
+        if let Some(e) = audit.iter().find(|e| e.action == "canary_transition") {
+            break e.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no canary transition audited"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(entry.actor, "canary");
+    let detail = entry.detail.to_string();
+    assert!(detail.contains("\"route\":\"iris-canary\""), "{detail}");
+    assert!(detail.contains("\"to_percent\":0"), "{detail}");
+    assert!(detail.contains("rolled back: p95 latency"), "{detail}");
+    server.stop().await;
+}
