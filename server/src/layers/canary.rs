@@ -129,8 +129,8 @@ impl Canary {
     }
 
     /// Checks the gates: rolls back when one broke, advances when the step is done. Returns
-    /// the new share when it changed.
-    pub fn evaluate(&self) -> Option<u32> {
+    /// the transition made, if any.
+    pub fn evaluate(&self) -> Option<Transition> {
         let mut s = self.state();
         if s.phase != Phase::Running {
             return None;
@@ -179,18 +179,19 @@ impl Canary {
         s.requests = 0;
         s.errors = 0;
         s.latencies_ms.clear();
-        s.transitions.push(Transition {
+        let transition = Transition {
             at_ms: now_ms(),
             from_percent: from,
             to_percent: to,
             reason: reason.clone(),
-        });
+        };
+        s.transitions.push(transition.clone());
         if to == 0 {
             tracing::warn!(variant = %self.name, from, to, reason = %reason, "canary transition");
         } else {
             tracing::info!(variant = %self.name, from, to, reason = %reason, "canary transition");
         }
-        Some(to)
+        Some(transition)
     }
 
     pub fn report(&self) -> CanaryReport {
@@ -231,18 +232,26 @@ mod tests {
         for _ in 0..9 {
             c.record(true, Duration::from_millis(1));
         }
-        assert_eq!(c.evaluate(), None, "not enough requests yet");
+        assert_eq!(
+            c.evaluate().map(|t| t.to_percent),
+            None,
+            "not enough requests yet"
+        );
         c.record(false, Duration::from_millis(1));
-        assert_eq!(c.evaluate(), Some(50), "one error in ten is within 10%");
+        assert_eq!(
+            c.evaluate().map(|t| t.to_percent),
+            Some(50),
+            "one error in ten is within 10%"
+        );
         for _ in 0..10 {
             c.record(true, Duration::from_millis(1));
         }
-        assert_eq!(c.evaluate(), Some(100));
+        assert_eq!(c.evaluate().map(|t| t.to_percent), Some(100));
         assert_eq!(c.report().phase, Phase::Running);
         for _ in 0..10 {
             c.record(true, Duration::from_millis(1));
         }
-        assert_eq!(c.evaluate(), Some(100));
+        assert_eq!(c.evaluate().map(|t| t.to_percent), Some(100));
         let r = c.report();
         assert_eq!(r.phase, Phase::Completed);
         let path: Vec<(u32, u32)> = r
@@ -258,18 +267,18 @@ mod tests {
         let c = canary(None);
         c.record(false, Duration::from_millis(1));
         assert_eq!(
-            c.evaluate(),
+            c.evaluate().map(|t| t.to_percent),
             None,
             "one failure is within 10% of the step's 10"
         );
         c.record(false, Duration::from_millis(1));
-        assert_eq!(c.evaluate(), Some(0));
+        assert_eq!(c.evaluate().map(|t| t.to_percent), Some(0));
         let r = c.report();
         assert_eq!((r.phase, r.percent), (Phase::RolledBack, 0));
         assert!(r.transitions[1].reason.contains("error rate 2/2"), "{r:?}");
         // Nothing moves it afterwards.
         c.record(true, Duration::from_millis(1));
-        assert_eq!(c.evaluate(), None);
+        assert_eq!(c.evaluate().map(|t| t.to_percent), None);
     }
 
     #[test]
@@ -278,7 +287,7 @@ mod tests {
         for i in 0..10 {
             c.record(true, Duration::from_millis(if i < 8 { 1 } else { 9 }));
         }
-        assert_eq!(c.evaluate(), Some(0));
+        assert_eq!(c.evaluate().map(|t| t.to_percent), Some(0));
         assert!(
             c.report().transitions[1]
                 .reason

@@ -185,17 +185,16 @@ pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
             None => parts.push("too few requests to compare latency".to_string()),
         }
         if let Some(p) = accuracy {
-            let acc = |c: u64, n: u64| 100.0 * c as f64 / n.max(1) as f64;
             parts.push(if p < 0.05 {
                 format!(
                     "{name} is {} accurate ({:.2}% vs {:.2}%, p={p:.3})",
-                    if acc(s.correct, s.judged) > acc(base.correct, base.judged) {
+                    if rate(s.correct, s.judged) > rate(base.correct, base.judged) {
                         "more"
                     } else {
                         "less"
                     },
-                    acc(s.correct, s.judged),
-                    acc(base.correct, base.judged)
+                    rate(s.correct, s.judged),
+                    rate(base.correct, base.judged)
                 )
             } else {
                 format!("no significant difference in accuracy (p={p:.3})")

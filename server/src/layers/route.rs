@@ -334,22 +334,21 @@ impl Routes {
         let mut events = Vec::new();
         for (name, route) in &self.routes {
             if let Some(c) = &route.canary
-                && let Some(percent) = c.evaluate()
+                && let Some(transition) = c.evaluate()
             {
                 route.cumulative.store(Arc::new(cumulative(
                     &route.base,
-                    Some((c.variant, percent)),
+                    Some((c.variant, transition.to_percent)),
                 )));
                 let variant = &route.variants[c.variant];
-                let last = c.report().transitions.pop();
                 events.push(CanaryEvent {
                     route: name.clone(),
                     variant: variant.name.clone(),
                     model: variant.model.clone(),
                     version: variant.version.clone(),
-                    from_percent: last.as_ref().map_or(0, |t| t.from_percent),
-                    to_percent: percent,
-                    reason: last.map(|t| t.reason).unwrap_or_default(),
+                    from_percent: transition.from_percent,
+                    to_percent: transition.to_percent,
+                    reason: transition.reason,
                 });
             }
         }
