@@ -19,6 +19,9 @@ SUDO          := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 HTTP_ADDR     ?= 0.0.0.0:8000
 GRPC_ADDR     ?= 0.0.0.0:8001
 ADMIN_ADDR    ?= 127.0.0.1:8002
+# `make run` is local development: the admin listener is on loopback and open without tokens
+# (the server says so loudly). Set ADMIN_SECURITY= and configure security.tokens to close it.
+ADMIN_SECURITY ?= --insecure-admin
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
@@ -29,7 +32,7 @@ help: ## list the targets
 
 run: ort build train-if-empty ## install what is missing, build, train into the registry if empty, serve registry + demo repository
 	./target/release/infergate serve --model-repository $(MODEL_REPO) --registry $(REGISTRY) \
-		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR)
+		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR) $(ADMIN_SECURITY)
 
 test: ort venv lint unit-test interop-test ## fmt + clippy + every test (Rust and tritonclient interop)
 

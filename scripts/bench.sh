@@ -36,7 +36,7 @@ done
 start_server() {
   local name=$1; shift
   "$@" target/release/infergate serve --model-repository "$OUT/models" \
-    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 \
+    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --insecure-admin \
     > "$OUT/$name.out" 2> "$OUT/$name.log" &
   SERVER=$!
   for _ in $(seq 1 300); do grep -q "infergate serving" "$OUT/$name.out" 2>/dev/null && break; sleep 0.1; done

@@ -32,9 +32,16 @@ cat >>"$OUT/repository/simple/config.toml" <<TOML
 [response_cache]
 max_bytes = 262144
 TOML
+# The management API wants a token; this run makes one.
+TOKEN="script-$RANDOM-$RANDOM"
+TOKEN_SHA=$(printf %s "$TOKEN" | sha256sum | cut -d" " -f1)
 cat >"$OUT/config.toml" <<TOML
 [models]
 registry_poll_ms = 200
+[[security.tokens]]
+name = "script"
+sha256 = "$TOKEN_SHA"
+scopes = ["admin", "read"]
 TOML
 
 "$BIN/infergate" serve --registry "$REG" --model-repository "$OUT/repository" --config "$OUT/config.toml" \
@@ -88,7 +95,7 @@ while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
   C=$!
   PIDS="$SWAPPER $A $B $C"
   sleep $((SEGMENT / 2))
-  curl -sf -XPOST "http://$ADMIN/v2/repository/models/iris_mlp/load" >/dev/null
+  curl -sf -H "Authorization: Bearer $TOKEN" -XPOST "http://$ADMIN/v2/repository/models/iris_mlp/load" >/dev/null
   wait $A $B $C
   python3 - "$OUT/segments" "$SEG" "$(($(date +%s) - START))" "$(proc rss)" "$(proc fds)" "$(proc threads)" \
     "$(curl -sf "http://$HTTP/v2/models/simple/stats")" "$(grep -c 'default version swapped' "$OUT/server.log" || true)" \

@@ -20,9 +20,16 @@ reg() { "$BIN/infergate" registry --registry "$REG" --author swap-check "$@" >/d
 reg import --name iris models/repository/iris_mlp/1/model.onnx
 reg import --name iris models/repository/iris_mlp/2/model.onnx
 reg alias iris production 1
+# The management API wants a token; this run makes one.
+TOKEN="script-$RANDOM-$RANDOM"
+TOKEN_SHA=$(printf %s "$TOKEN" | sha256sum | cut -d" " -f1)
 cat > "$OUT/config.toml" <<TOML
 [models]
 registry_poll_ms = 100
+[[security.tokens]]
+name = "script"
+sha256 = "$TOKEN_SHA"
+scopes = ["admin", "read"]
 TOML
 
 "$BIN/infergate" serve --registry "$REG" --config "$OUT/config.toml" \
@@ -75,8 +82,8 @@ SWAPPED=$(grep -c "default version swapped" "$OUT/server.log" || true)
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 for i in $(seq "$CYCLES"); do
-  curl -sf -XPOST "http://$ADMIN/v2/repository/models/iris/unload" >/dev/null
-  curl -sf -XPOST "http://$ADMIN/v2/repository/models/iris/load" >/dev/null
+  curl -sf -H "Authorization: Bearer $TOKEN" -XPOST "http://$ADMIN/v2/repository/models/iris/unload" >/dev/null
+  curl -sf -H "Authorization: Bearer $TOKEN" -XPOST "http://$ADMIN/v2/repository/models/iris/load" >/dev/null
   [ "$i" = 10 ] && RSS10=$(rss)
 done
 RSS_END=$(rss)

@@ -1,16 +1,20 @@
 //! Typed configuration: the server's TOML file layered with `INFERGATE_…` environment
 //! overrides and CLI flags, and the per-model `config.toml` of a model repository.
 
+mod example;
 mod layered;
 mod model;
+mod security;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use example::example;
 pub use layered::{ENV_PREFIX, Overrides};
 pub use model::{DynamicBatching, ModelConfig, ResponseCache, VersionPolicy};
+pub use security::{Scope, SecurityConfig, TlsConfig, TokenConfig};
 
 /// Everything wrong with a configuration, reported together.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +34,7 @@ pub enum ConfigError {
 }
 
 /// The whole server configuration. Every field has a default, so an empty file is valid.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, Default, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Listeners and request limits.
@@ -43,6 +47,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Bearer tokens and scopes, TLS, the audit log.
+    pub security: SecurityConfig,
     /// A/B routes: names clients call that split traffic over model variants.
     pub routes: Vec<RouteConfig>,
 }
@@ -50,7 +56,7 @@ pub struct Config {
 /// A route: requests to `name` go to one of the variants, in proportion to the weights.
 /// A route key (header `x-infergate-route-key`, gRPC metadata of the same name, or the
 /// request parameter `route_key`) makes the choice sticky: one key, one variant.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -70,7 +76,7 @@ pub struct RouteConfig {
 }
 
 /// A canary rollout over a route's variants.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CanaryConfig {
     /// The variant being rolled out; its configured weight is ignored.
@@ -89,7 +95,7 @@ pub struct CanaryConfig {
 }
 
 /// Shadow traffic of a route.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
     pub model: String,
@@ -109,7 +115,7 @@ fn default_shadow_queue() -> usize {
 }
 
 /// One arm of a route.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VariantConfig {
     /// Returned to clients (response parameter `variant`, header `x-infergate-variant`).
@@ -123,7 +129,7 @@ pub struct VariantConfig {
 }
 
 /// Listener addresses and request-level limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// KServe V2 HTTP/REST listener.
@@ -165,7 +171,7 @@ impl Default for ServerConfig {
 }
 
 /// Model sources.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
     /// A Triton-layout repository: `<dir>/<model>/<version>/model.onnx`.
@@ -189,7 +195,7 @@ impl Default for ModelsConfig {
 }
 
 /// Execution defaults for every model.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// Path to `libonnxruntime.so`; first in the discovery order.
@@ -214,7 +220,7 @@ impl Default for RuntimeConfig {
 }
 
 /// Admission control, applied before a request body is read or decoded.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Inference requests in flight across all models before new ones get 503; 0 = no limit.
@@ -239,7 +245,7 @@ impl Default for LimitsConfig {
 }
 
 /// Logging.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// `tracing` filter directive, e.g. `info` or `infergate_server=debug`.
@@ -280,6 +286,14 @@ impl Config {
             layered::load_text(Some((origin, text)), Vec::new(), &Overrides::default())?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration as it may be logged: secrets (token digests) replaced.
+    pub fn redacted(&self) -> Self {
+        Self {
+            security: self.security.redacted(),
+            ..self.clone()
+        }
     }
 
     /// Checks semantic rules and reports every violation together.
@@ -332,6 +346,7 @@ impl Config {
                 }
             }
         }
+        self.security.validate(&mut errors);
         errors.extend(validate_routes(&self.routes));
         if errors.is_empty() {
             Ok(())

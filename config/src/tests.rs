@@ -192,3 +192,95 @@ fn limits_are_validated() {
         "{err}"
     );
 }
+
+/// The committed example is what `infergate config example` prints today.
+#[test]
+fn committed_example_is_current() {
+    let committed = include_str!("../infergate.example.toml");
+    assert!(
+        committed == crate::example(),
+        "config/infergate.example.toml is stale: run `cargo run -p infergate-server --bin infergate -- config example > config/infergate.example.toml`"
+    );
+}
+
+/// Its active lines are exactly the defaults, and uncommenting every setting gives a file that
+/// reads back as the sample configuration (so every commented line is a valid value).
+#[test]
+fn example_is_the_defaults_and_its_comments_are_valid_settings() {
+    let text = crate::example();
+    assert_eq!(Config::parse(&text, "example").unwrap(), Config::default());
+    let setting = |line: &str| {
+        line.strip_prefix("# ").is_some_and(|rest| {
+            rest.starts_with('[')
+                || rest.split_once(" = ").is_some_and(|(key, _)| {
+                    key.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+                })
+        })
+    };
+    let uncommented: String = text
+        .lines()
+        .map(|line| if setting(line) { &line[2..] } else { line })
+        .fold(String::new(), |mut acc, line| {
+            acc.push_str(line);
+            acc.push('\n');
+            acc
+        });
+    let all: Config = toml::from_str(&uncommented).unwrap();
+    assert_eq!(all, crate::example::sample());
+    assert!(all.security.tls.is_some() && !all.routes.is_empty());
+}
+
+#[test]
+fn security_rules_are_reported_together() {
+    let text = r#"
+[security]
+require_infer_token = true
+[[security.tokens]]
+name = "a"
+sha256 = "not-hex"
+scopes = []
+[[security.tokens]]
+name = "a"
+sha256 = "e2186dbdb1bb4193608605e84f33208765b5693b55edd4f730a719a100eeea6f"
+scopes = ["admin"]
+[security.tls]
+cert = "/nonexistent/server.crt"
+key = "/nonexistent/server.key"
+"#;
+    let Err(ConfigError::Invalid(errors)) = Config::parse(text, "t") else {
+        panic!("invalid security settings accepted")
+    };
+    let joined = errors.join("\n");
+    for fragment in [
+        "security.tokens[0] (a): sha256 must be 64 hex digits",
+        "security.tokens[0] (a): needs at least one scope",
+        "security.tokens[1] (a): another token has this name",
+        "security.tls.cert: /nonexistent/server.crt is not a readable file",
+        "security.tls.key: /nonexistent/server.key is not a readable file",
+    ] {
+        assert!(
+            joined.contains(fragment),
+            "{fragment:?} missing from:\n{joined}"
+        );
+    }
+    assert_eq!(errors.len(), 5, "{joined}");
+    let Err(ConfigError::Parse { message, .. }) = Config::parse(
+        "[[security.tokens]]\nname = \"x\"\nsha256 = \"\"\nscopes = [\"root\"]\n",
+        "t",
+    ) else {
+        panic!("an unknown scope accepted")
+    };
+    assert!(message.contains("root"), "{message}");
+}
+
+#[test]
+fn redaction_hides_token_digests() {
+    let config = Config {
+        security: crate::example::sample().security,
+        ..Config::default()
+    };
+    let shown = format!("{:?}", config.redacted());
+    assert!(!shown.contains("e2186dbdb1bb4193"), "{shown}");
+    assert!(shown.contains("<redacted>"));
+}

@@ -29,7 +29,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/experiments/{route}", get(experiment_report))
         .route("/admin/feedback", post(feedback))
         .route("/admin/routes", get(list_routes).put(replace_routes))
+        .route("/admin/audit", get(audit))
+        // every route: authenticate, and audit management calls (outermost, so a refused call
+        // does no work and is still recorded)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            crate::security::admin_guard,
+        ))
         .with_state(gateway)
+}
+
+/// The most recent management actions, oldest first.
+async fn audit(State(g): State<Arc<Gateway>>) -> Response {
+    json_response(&json!({"entries": g.security.audit.recent()}))
 }
 
 async fn ready(State(g): State<Arc<Gateway>>) -> StatusCode {
@@ -41,9 +53,14 @@ async fn ready(State(g): State<Arc<Gateway>>) -> StatusCode {
 }
 
 async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
-    g.metrics
-        .loaded_versions
-        .set(g.repository.all_versions().len() as i64);
+    let versions = g.repository.all_versions();
+    g.metrics.loaded_versions.set(versions.len() as i64);
+    let queued: usize = versions
+        .iter()
+        .filter_map(|v| v.batcher.get())
+        .map(|b| b.queued())
+        .sum();
+    g.metrics.queued_requests.set(queued as i64);
     (
         [(
             header::CONTENT_TYPE,

@@ -27,6 +27,55 @@ pub enum Command {
     Serve(ServeArgs),
     /// Manage the model registry.
     Registry(crate::registry_cli::RegistryArgs),
+    /// Check a configuration file, print the commented example, hash a token.
+    Config(ConfigArgs),
+    /// Exit 0 when the server at ADDR answers 200 on /v2/health/ready (for container
+    /// health checks, where no curl is installed).
+    Health {
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8000")]
+        addr: SocketAddr,
+    },
+}
+
+/// One plain-HTTP readiness probe of `addr`, bounded to two seconds.
+pub fn probe_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let timeout = std::time::Duration::from_secs(2);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /v2/health/ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head)?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or("none");
+    anyhow::ensure!(status == "200", "{addr} is not ready (status {status})");
+    Ok(())
+}
+
+/// `infergate config …`
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate FILE with the `INFERGATE_…` variables applied; print every problem, or the
+    /// effective configuration (secrets redacted).
+    Check {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print a configuration file with every setting, its documentation and its default.
+    Example,
+    /// Print the SHA-256 digest to put in `security.tokens` for a token read from stdin.
+    HashToken,
 }
 
 /// `infergate serve` flags; each overrides the config file and `INFERGATE_…` variables.
@@ -50,6 +99,33 @@ pub struct ServeArgs {
     /// Admin listener: /metrics and the management API [default: 0.0.0.0:8002].
     #[arg(long, value_name = "ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// Open the management API without tokens: local development only (logged loudly).
+    #[arg(long)]
+    pub insecure_admin: bool,
+}
+
+/// Runs `infergate config …`; the output goes to `out`.
+pub fn config_command(
+    args: ConfigArgs,
+    env: Vec<(String, String)>,
+    input: &mut dyn std::io::Read,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    match args.command {
+        ConfigCommand::Check { file } => {
+            let config = Config::load(Some(&file), env, &Overrides::new())?;
+            let text = toml::to_string(&config.redacted())?;
+            writeln!(out, "# {}: valid\n{text}", file.display())?;
+        }
+        ConfigCommand::Example => write!(out, "{}", infergate_config::example())?,
+        ConfigCommand::HashToken => {
+            let mut token = String::new();
+            input.read_to_string(&mut token)?;
+            anyhow::ensure!(!token.trim().is_empty(), "no token on stdin");
+            writeln!(out, "{}", crate::security::hash_token(&token))?;
+        }
+    }
+    Ok(())
 }
 
 /// Loads config (file, then `env`, then flags), finds ONNX Runtime, loads the repository,
@@ -71,10 +147,14 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         )
         .set("server.http_addr", args.http_addr)
         .set("server.grpc_addr", args.grpc_addr)
-        .set("server.admin_addr", args.admin_addr);
+        .set("server.admin_addr", args.admin_addr)
+        .set(
+            "security.insecure_admin",
+            args.insecure_admin.then_some(true),
+        );
     let config = Config::load(args.config.as_deref(), env, &overrides)?;
     init_logging(&config);
-    tracing::info!(config = ?config, "effective configuration");
+    tracing::info!(config = ?config.redacted(), "effective configuration");
 
     let root = config.models.repository.clone();
     if root.is_none() && config.models.registry.is_none() {

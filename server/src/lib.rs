@@ -12,8 +12,10 @@ pub mod layers;
 pub mod metrics;
 pub mod registry_cli;
 pub mod repository;
+pub mod security;
 pub mod stack;
 pub mod stats;
+pub mod tls;
 pub mod views;
 
 /// The front ends' decoders of untrusted bytes, for the fuzz targets under `fuzz/`: exactly
@@ -66,17 +68,21 @@ pub struct Gateway {
     /// Routes in force, replaceable through the admin API (the stack routes; front ends ask
     /// whether a name is one).
     pub routes: Arc<layers::route::RouteTable>,
+    /// Tokens, scopes and the audit log.
+    pub security: security::Security,
     ready: watch::Sender<bool>,
 }
 
 impl Gateway {
-    pub fn new(config: Config, repository: Arc<Repository>) -> Arc<Self> {
+    pub fn new(config: Config, repository: Arc<Repository>) -> anyhow::Result<Arc<Self>> {
+        let security = security::Security::new(&config.security)?;
         let metrics = Arc::new(Metrics::default());
         let routes = Arc::new(layers::route::RouteTable::new(&config.routes));
         if let Some(registry) = repository.registry() {
             routes.on_canary_transition(canary_audit(Arc::clone(registry)));
         }
-        Arc::new(Self {
+        Ok(Arc::new(Self {
+            security,
             stack: stack::build(
                 Arc::clone(&repository),
                 Arc::clone(&metrics),
@@ -88,7 +94,7 @@ impl Gateway {
             metrics,
             config,
             ready: watch::Sender::new(false),
-        })
+        }))
     }
 
     /// Ready to serve inference (false before start and while shutting down).
@@ -164,7 +170,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     } = args;
     let addrs = listeners.addrs()?;
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    let gateway = Gateway::new(config, repository);
+    let gateway = Gateway::new(config, repository)?;
     gateway
         .metrics
         .loaded_versions
@@ -180,10 +186,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ));
     }
     let limits = http::ConnLimits::from_config(&gateway.config.server);
+    let tls = match &gateway.config.security.tls {
+        Some(tls) => Some(tls::http_acceptor(tls)?),
+        None => None,
+    };
     let http = http::serve(
         listeners.http,
         http::router(Arc::clone(&gateway)),
         limits,
+        tls.clone(),
         shutdown.clone(),
     );
     servers.spawn(async move { http.await.context("http listener failed") });
@@ -191,10 +202,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         listeners.admin,
         admin::router(Arc::clone(&gateway)),
         limits,
+        tls,
         shutdown.clone(),
     );
     servers.spawn(async move { admin.await.context("admin listener failed") });
-    let grpc = grpc::serve(Arc::clone(&gateway), listeners.grpc, shutdown.clone());
+    let grpc = grpc::serve(Arc::clone(&gateway), listeners.grpc, shutdown.clone())?;
     servers.spawn(async move { grpc.await.context("grpc listener failed") });
 
     gateway.set_ready(true);

@@ -20,5 +20,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Registry(args) => {
             infergate_server::registry_cli::run(args, std::env::vars().collect())
         }
+        Command::Health { addr } => infergate_server::cli::probe_ready(addr),
+        Command::Config(args) => infergate_server::cli::config_command(
+            args,
+            std::env::vars().collect(),
+            &mut std::io::stdin(),
+            &mut std::io::stdout(),
+        ),
     }
 }

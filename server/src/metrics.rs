@@ -63,6 +63,9 @@ pub struct Metrics {
     pub rejected: Family<RejectLabels, Counter>,
     pub cache: Family<CacheLabels, Counter>,
     pub loaded_versions: Gauge,
+    /// Requests waiting in batch queues, all models (set when scraped; the autoscaler's
+    /// queue-depth signal).
+    pub queued_requests: Gauge,
     pub registry_poll_errors: Counter,
 }
 
@@ -87,6 +90,7 @@ impl Default for Metrics {
         let rejected = Family::<RejectLabels, Counter>::default();
         let cache = Family::<CacheLabels, Counter>::default();
         let loaded_versions = Gauge::default();
+        let queued_requests = Gauge::default();
         let registry_poll_errors = Counter::default();
         registry.register(
             "requests",
@@ -129,6 +133,11 @@ impl Default for Metrics {
             loaded_versions.clone(),
         );
         registry.register(
+            "queued_requests",
+            "Requests waiting in the batch queues of every model version",
+            queued_requests.clone(),
+        );
+        registry.register(
             "registry_poll_errors",
             "Registry polls that could not read the registry (what is loaded keeps serving)",
             registry_poll_errors.clone(),
@@ -143,6 +152,7 @@ impl Default for Metrics {
             rejected,
             cache,
             loaded_versions,
+            queued_requests,
             registry_poll_errors,
         }
     }

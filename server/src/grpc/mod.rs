@@ -30,7 +30,7 @@ pub fn serve(
     gateway: Arc<Gateway>,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>>> {
     let limit = gateway.config.server.max_body_bytes;
     let incoming = TcpListenerStream::new(listener).map(|conn| {
         conn.inspect(|tcp| {
@@ -42,18 +42,26 @@ pub fn serve(
     })
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &gateway.config.security.tls {
+        server = server.tls_config(crate::tls::grpc_config(tls)?)?;
+    }
+    Ok(server
         .max_concurrent_streams(gateway.config.server.max_concurrent_streams)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
+        // first of all: who is calling (a refused call is not decoded or counted)
+        .layer(crate::security::GrpcAuthLayer {
+            gateway: Arc::clone(&gateway),
+        })
         // before tonic decodes a message: shed inference calls over the global limit
         .layer(crate::admission::GrpcGlobalLimitLayer {
             gateway: Arc::clone(&gateway),
         })
         .add_service(inference)
         .add_service(health::health_server::HealthServer::new(Health { gateway }))
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()))
 }
 
 struct Inference {

@@ -1,8 +1,9 @@
 //! The HTTP accept loop for the inference and admin listeners. It does what `axum::serve` does
 //! plus the limits a hostile client needs: a header read timeout (slow headers), a bound on
 //! HTTP/2 streams per connection, TCP_NODELAY, and the peer address for per-client rate
-//! limits. On shutdown the listener closes first (new connections are refused), then every
-//! connection finishes the requests it has already received.
+//! limits, and TLS when configured (the handshake is bounded by the header timeout too). On
+//! shutdown the listener closes first (new connections are refused), then every connection
+//! finishes the requests it has already received.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,11 +36,16 @@ impl ConnLimits {
     }
 }
 
+/// A plain or TLS connection.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// Serves `router` on `listener` until `shutdown`, then drains the open connections.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -74,8 +81,25 @@ pub async fn serve(
         });
         let builder = builder.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(tcp), service);
+            let io: Box<dyn Io> = match tls {
+                None => Box::new(tcp),
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "tls handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "tls handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = builder.serve_connection(TokioIo::new(io), service);
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,

@@ -32,7 +32,7 @@ pub(crate) struct ModelPath {
 
 /// The public router (port 8000).
 pub fn router(gateway: Arc<Gateway>) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
@@ -76,8 +76,17 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             tower_http::compression::CompressionLayer::new()
                 .gzip(true)
                 .deflate(true),
-        )
-        .with_state(gateway)
+        );
+    // Tokens on the public port are optional; without them the check is not installed at all.
+    let router = if gateway.config.security.require_infer_token {
+        router.layer(from_fn_with_state(
+            Arc::clone(&gateway),
+            crate::security::public_guard,
+        ))
+    } else {
+        router
+    };
+    router.with_state(gateway)
 }
 
 /// `{"error": message}` with the class's status (and Retry-After when overloaded).

@@ -24,9 +24,11 @@ pub fn ort_runtime() -> OrtRuntime {
     OrtRuntime::init(&lib).unwrap()
 }
 
-/// Defaults with every listener on 127.0.0.1 and a port the OS picks.
+/// Defaults with every listener on 127.0.0.1 and a port the OS picks, and the management API
+/// open (`security.insecure_admin`; `security.rs` tests the tokens).
 pub fn loopback_config() -> Config {
     let mut config = Config::default();
+    config.security.insecure_admin = true;
     for addr in [
         &mut config.server.http_addr,
         &mut config.server.grpc_addr,
@@ -42,6 +44,8 @@ pub struct TestServer {
     pub shutdown: CancellationToken,
     pub handle: JoinHandle<anyhow::Result<()>>,
     pub http: reqwest::Client,
+    /// `http`, or `https` when the server has TLS.
+    pub scheme: &'static str,
 }
 
 impl TestServer {
@@ -64,6 +68,20 @@ impl TestServer {
     }
 
     pub async fn serve(config: Config, repository: Arc<Repository>) -> Self {
+        Self::serve_with_client(config, repository, reqwest::Client::new()).await
+    }
+
+    /// [`Self::serve`] with the HTTP client the helpers use (one that trusts a test CA, say).
+    pub async fn serve_with_client(
+        config: Config,
+        repository: Arc<Repository>,
+        http: reqwest::Client,
+    ) -> Self {
+        let scheme = if config.security.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let listeners = Listeners::bind(&config.server).await.unwrap();
         let addrs = listeners.addrs().unwrap();
         let shutdown = CancellationToken::new();
@@ -77,7 +95,8 @@ impl TestServer {
             addrs,
             shutdown,
             handle,
-            http: reqwest::Client::new(),
+            http,
+            scheme,
         };
         for _ in 0..200 {
             let ready = server.http.get(server.url("/v2/health/ready")).send().await;
@@ -90,11 +109,11 @@ impl TestServer {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addrs.http)
+        format!("{}://{}{path}", self.scheme, self.addrs.http)
     }
 
     pub fn admin_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addrs.admin)
+        format!("{}://{}{path}", self.scheme, self.addrs.admin)
     }
 
     pub async fn grpc(&self) -> GrpcInferenceServiceClient<Channel> {
@@ -128,6 +147,19 @@ impl TestServer {
     /// GET a JSON document from the admin listener.
     pub async fn admin_get_json(&self, path: &str) -> serde_json::Value {
         let r = self.http.get(self.admin_url(path)).send().await.unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// GET a JSON document from the admin listener with a bearer token.
+    pub async fn admin_get_json_as(&self, path: &str, token: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(self.admin_url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET {path}");
         r.json().await.unwrap()
     }
 

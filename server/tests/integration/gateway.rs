@@ -84,7 +84,7 @@ async fn requests_batch_while_the_instance_is_busy_and_split_back_exactly() {
         batching(DynamicBatching::default(), 16),
         1,
     );
-    let gateway = Gateway::new(Config::default(), repo.clone());
+    let gateway = Gateway::new(Config::default(), repo.clone()).unwrap();
     let first = tokio::spawn({
         let g = Arc::clone(&gateway);
         async move { call(&g, request(1, 0.5)).await }
@@ -130,7 +130,7 @@ async fn a_cancelled_request_is_never_executed() {
         batching(DynamicBatching::default(), 8),
         1,
     );
-    let gateway = Gateway::new(Config::default(), repo);
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
     let busy = tokio::spawn({
         let g = Arc::clone(&gateway);
         async move { call(&g, request(1, 1.0)).await }
@@ -164,7 +164,7 @@ async fn a_request_past_its_deadline_fails_without_running() {
         batching(DynamicBatching::default(), 8),
         1,
     );
-    let gateway = Gateway::new(Config::default(), repo);
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
     let busy = tokio::spawn({
         let g = Arc::clone(&gateway);
         async move { call(&g, request(1, 1.0)).await }
@@ -200,7 +200,7 @@ async fn a_full_queue_is_a_503_error_value() {
         batching(settings, 1),
         1,
     );
-    let gateway = Gateway::new(Config::default(), repo);
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
     let mut queued = Vec::new();
     let first = tokio::spawn({
         let g = Arc::clone(&gateway);
@@ -237,7 +237,7 @@ async fn higher_priority_requests_run_first() {
         batching(settings, 1),
         1,
     );
-    let gateway = Gateway::new(Config::default(), repo);
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let first = tokio::spawn({
         let g = Arc::clone(&gateway);
@@ -279,7 +279,7 @@ async fn identical_requests_in_flight_run_once_and_repeats_hit_the_cache() {
         ..ModelConfig::default()
     };
     let (repo, factory) = fake(Behavior::Slow(Duration::from_millis(50)), config, 2);
-    let gateway = Gateway::new(Config::default(), repo.clone());
+    let gateway = Gateway::new(Config::default(), repo.clone()).unwrap();
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let g = Arc::clone(&gateway);
@@ -389,7 +389,7 @@ mod properties {
                 let mut version = ModelVersion::new("fake", 1, model, ModelConfig::default(), 2, "sha256:test".into());
                 version.cache = Some(ResponseCache::with_key_fn(&CacheSettings::default(), "sha256:test".into(), |_| 42));
                 repository.insert_version(version);
-                let gateway = Gateway::new(Config::default(), repository);
+                let gateway = Gateway::new(Config::default(), repository).unwrap();
                 let mut tasks = Vec::new();
                 for v in values {
                     let g = Arc::clone(&gateway);
@@ -434,7 +434,7 @@ mod properties {
             )
             .unwrap();
         (
-            Gateway::new(Config::default(), Arc::clone(&repository)),
+            Gateway::new(Config::default(), Arc::clone(&repository)).unwrap(),
             repository,
         )
     }
@@ -664,7 +664,7 @@ async fn a_deadline_inside_the_batching_window_fails_on_time() {
         ..DynamicBatching::default()
     };
     let (repo, factory) = fake(Behavior::Echo, batching(settings, 8), 1);
-    let gateway = Gateway::new(Config::default(), repo);
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
     let mut req = request(1, 1.0);
     req.parameters
         .push(("timeout".into(), ParamValue::Int64(20_000)));

@@ -11,3 +11,4 @@ mod http;
 mod lifecycle;
 mod registry;
 mod routes;
+mod security;
