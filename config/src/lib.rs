@@ -49,7 +49,11 @@ pub struct Config {
     pub log: LogConfig,
     /// Bearer tokens and scopes, TLS, the audit log.
     pub security: SecurityConfig,
-    /// A/B routes: names clients call that split traffic over model variants.
+    /// A/B routes: clients call the route's name; each request goes to one variant in
+    /// proportion to the weights. A route key (header or gRPC metadata `x-infergate-route-key`,
+    /// or the request parameter `route_key`) keeps one user on one variant. The served variant
+    /// comes back as the response parameter `variant` and the header `x-infergate-variant`.
+    /// Routes can be replaced at run time with `PUT /admin/routes` (admin scope).
     pub routes: Vec<RouteConfig>,
 }
 
@@ -59,14 +63,17 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The name clients call, like a model name.
     pub name: String,
+    /// The arms of the split.
     pub variants: Vec<VariantConfig>,
-    /// Also send a sample of the requests to another model, compare its answers with the
-    /// primary's, and throw them away.
+    /// Also send a sample of the requests to another model through a bounded queue (full:
+    /// dropped and counted, never waited for), compare its answers with the primary's
+    /// (`GET /admin/routes/<name>/shadow`), and throw them away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
-    /// Move traffic to one variant step by step while its SLOs hold; roll back at once when
-    /// one breaks.
+    /// Move traffic to one variant step by step while its SLOs hold; roll back to 0% at once
+    /// when one breaks (`GET /admin/routes/<name>/canary` shows the state and transitions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryConfig>,
     /// When the chosen variant is overloaded, answer from this variant instead of rejecting
@@ -98,6 +105,7 @@ pub struct CanaryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowConfig {
+    /// The model that answers in the shadow.
     pub model: String,
     /// A version number or registry alias; none: the default.
     #[serde(default)]
@@ -120,6 +128,7 @@ fn default_shadow_queue() -> usize {
 pub struct VariantConfig {
     /// Returned to clients (response parameter `variant`, header `x-infergate-variant`).
     pub name: String,
+    /// The model that answers.
     pub model: String,
     /// A version number or registry alias (`production`, `distilled`…); none: the default.
     #[serde(default)]

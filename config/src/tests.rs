@@ -132,17 +132,6 @@ fn model_config_parses_every_policy_form() {
 }
 
 #[test]
-fn the_documented_config_file_states_the_defaults() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("infergate.toml");
-    let documented = Config::load(Some(&path), env(&[]), &Overrides::new()).unwrap();
-    assert_eq!(
-        documented,
-        Config::default(),
-        "config/infergate.toml drifted from the defaults"
-    );
-}
-
-#[test]
 fn model_config_batching_cache_and_limits_are_validated_together() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
