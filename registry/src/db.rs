@@ -1,10 +1,12 @@
-//! The SQLite metadata store: schema, connection settings and row mapping.
+//! The metadata queries, the same on both engines, and the SQLite file's schema and connection
+//! settings (PostgreSQL's are in `pg.rs`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
+use crate::sql::{Conn, params};
 use crate::{AuditEntry, GateRules, RegistryError, Result, VersionRecord};
 
 const SCHEMA_VERSION: i64 = 1;
@@ -53,7 +55,7 @@ CREATE TABLE IF NOT EXISTS audit (
 /// Opens (creating if needed) the database: WAL so readers never block the writer, a busy
 /// timeout so concurrent writers (other processes included) wait instead of failing, and
 /// full fsync on commit.
-pub(crate) fn open(path: &Path) -> Result<Connection> {
+pub(crate) fn open_sqlite(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(30))?;
     // Switching a new database to WAL answers SQLITE_BUSY at once (the busy timeout does not
@@ -95,54 +97,46 @@ fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result
     }
 }
 
-pub(crate) fn model_exists(conn: &Connection, model: &str) -> Result<bool> {
+pub(crate) fn model_exists(conn: &mut dyn Conn, model: &str) -> Result<bool> {
     Ok(conn
-        .query_row("SELECT 1 FROM models WHERE name = ?1", [model], |_| Ok(()))
-        .optional()?
+        .query_opt("SELECT 1 FROM models WHERE name = ?1", params![model])?
         .is_some())
 }
 
 pub(crate) fn version(
-    conn: &Connection,
+    conn: &mut dyn Conn,
     model: &str,
     version: u32,
 ) -> Result<Option<VersionRecord>> {
-    let json: Option<String> = conn
-        .query_row(
-            "SELECT record FROM versions WHERE model = ?1 AND version = ?2",
-            params![model, version],
-            |r| r.get(0),
-        )
-        .optional()?;
-    json.map(|j| serde_json::from_str(&j).map_err(Into::into))
-        .transpose()
+    conn.query_opt(
+        "SELECT record FROM versions WHERE model = ?1 AND version = ?2",
+        params![model, version],
+    )?
+    .map(|row| Ok(serde_json::from_str(&row.text(0)?)?))
+    .transpose()
 }
 
-pub(crate) fn alias(conn: &Connection, model: &str, alias: &str) -> Result<Option<u32>> {
-    Ok(conn
-        .query_row(
-            "SELECT version FROM aliases WHERE model = ?1 AND alias = ?2",
-            params![model, alias],
-            |r| r.get(0),
-        )
-        .optional()?)
+pub(crate) fn alias(conn: &mut dyn Conn, model: &str, alias: &str) -> Result<Option<u32>> {
+    conn.query_opt(
+        "SELECT version FROM aliases WHERE model = ?1 AND alias = ?2",
+        params![model, alias],
+    )?
+    .map(|row| row.u32(0))
+    .transpose()
 }
 
-pub(crate) fn gate(conn: &Connection, model: &str) -> Result<GateRules> {
-    let json: Option<Option<String>> = conn
-        .query_row("SELECT gate FROM models WHERE name = ?1", [model], |r| {
-            r.get(0)
-        })
-        .optional()?;
-    match json {
-        None => Err(RegistryError::UnknownModel(model.to_owned())),
-        Some(None) => Ok(GateRules::default()),
-        Some(Some(j)) => Ok(serde_json::from_str(&j)?),
+pub(crate) fn gate(conn: &mut dyn Conn, model: &str) -> Result<GateRules> {
+    let row = conn
+        .query_opt("SELECT gate FROM models WHERE name = ?1", params![model])?
+        .ok_or_else(|| RegistryError::UnknownModel(model.to_owned()))?;
+    match row.opt_text(0)? {
+        None => Ok(GateRules::default()),
+        Some(j) => Ok(serde_json::from_str(&j)?),
     }
 }
 
 pub(crate) fn audit(
-    conn: &Connection,
+    conn: &mut dyn Conn,
     at: i64,
     actor: &str,
     action: &str,
@@ -156,32 +150,27 @@ pub(crate) fn audit(
     Ok(())
 }
 
-pub(crate) fn audit_entries(conn: &Connection, model: Option<&str>) -> Result<Vec<AuditEntry>> {
-    let mut stmt = conn.prepare(
-        "SELECT id, at, actor, action, model, detail FROM audit
-         WHERE ?1 IS NULL OR model = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([model], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get(2)?,
-            r.get(3)?,
-            r.get(4)?,
-            r.get::<_, String>(5)?,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (id, at, actor, action, model, detail) = row?;
-        out.push(AuditEntry {
-            id,
-            at,
-            actor,
-            action,
-            model,
-            detail: serde_json::from_str(&detail)?,
-        });
-    }
-    Ok(out)
+pub(crate) fn audit_entries(conn: &mut dyn Conn, model: Option<&str>) -> Result<Vec<AuditEntry>> {
+    let rows = match model {
+        Some(model) => conn.query(
+            "SELECT id, at, actor, action, model, detail FROM audit WHERE model = ?1 ORDER BY id",
+            params![model],
+        )?,
+        None => conn.query(
+            "SELECT id, at, actor, action, model, detail FROM audit ORDER BY id",
+            params![],
+        )?,
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(AuditEntry {
+                id: r.int(0)?,
+                at: r.int(1)?,
+                actor: r.text(2)?,
+                action: r.text(3)?,
+                model: r.text(4)?,
+                detail: serde_json::from_str(&r.text(5)?)?,
+            })
+        })
+        .collect()
 }

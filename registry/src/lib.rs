@@ -5,15 +5,24 @@ mod baseline;
 mod db;
 mod gate;
 pub mod inspect;
+mod object;
 pub mod onnx;
+mod pg;
 mod registry;
+mod sql;
 mod store;
+mod sync;
+#[doc(hidden)]
+pub mod testing;
 mod time;
 mod types;
 
 pub use baseline::{Baseline, FeatureBaseline};
 pub use gate::{GateRules, GateVerdict};
-pub use registry::{GcReport, NewArtifact, NewVersion, Promotion, Registry, VerifyReport};
+pub use object::{ObjectStoreArtifacts, ObjectStoreConfig};
+pub use registry::{
+    GcReport, NewArtifact, NewVersion, Promotion, Registry, RegistryLocation, VerifyReport,
+};
 pub use store::{ArtifactStore, FsStore, sha256_file, sha256_hex};
 pub use time::format_millis;
 pub use types::{
@@ -36,6 +45,16 @@ pub enum RegistryError {
     },
     #[error("registry database: {0}")]
     Db(#[from] rusqlite::Error),
+    #[error("registry database: {}", pg_message(.0))]
+    Postgres(#[from] postgres::Error),
+    #[error("cannot connect to registry database {url}: {}", pg_message(.source))]
+    PostgresConnect {
+        url: String,
+        #[source]
+        source: postgres::Error,
+    },
+    #[error("registry artifact store {0}")]
+    ObjectStore(String),
     #[error("corrupt registry record: {0}")]
     Json(#[from] serde_json::Error),
     #[error("model '{0}' is not in the registry")]
@@ -55,6 +74,17 @@ pub enum RegistryError {
         alias: String,
         reasons: Vec<String>,
     },
+}
+
+/// A PostgreSQL error with the server's own message, which `Display` leaves out.
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
 }
 
 impl RegistryError {

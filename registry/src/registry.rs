@@ -4,15 +4,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rusqlite::{Connection, TransactionBehavior, params};
 use serde_json::json;
 
+use crate::sql::{Db, params};
 use crate::store::read_file;
 use crate::time::now_millis;
 use crate::{
     Artifact, ArtifactKind, ArtifactStore, AuditEntry, Baseline, FsStore, GateRules, Lineage,
-    ModelSummary, PLATFORM_CANDLE, PLATFORM_ONNX, RegistryError, Result, Signature, VersionRecord,
-    db, inspect,
+    ModelSummary, ObjectStoreArtifacts, ObjectStoreConfig, PLATFORM_CANDLE, PLATFORM_ONNX,
+    RegistryError, Result, Signature, VersionRecord, db, inspect,
 };
 
 /// A file to store with a new version.
@@ -63,12 +63,41 @@ pub struct GcReport {
     pub kept_young: usize,
 }
 
-/// A registry rooted at a directory: `registry.db` (SQLite) and `artifacts/` (the store).
+/// Where a registry keeps its metadata and its artifacts. By default both are in one directory
+/// (`registry.db`, SQLite, and `artifacts/`); for many servers sharing one registry, the
+/// metadata can be in PostgreSQL and the artifacts in S3-compatible object storage.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RegistryLocation {
+    /// The directory of whatever is not elsewhere.
+    pub dir: Option<PathBuf>,
+    /// `postgres://user:password@host:port/database` (or a key=value connection string).
+    pub database_url: Option<String>,
+    /// Artifacts in object storage.
+    pub store: Option<ObjectStoreConfig>,
+}
+
+impl std::fmt::Display for RegistryLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dir = self.dir.as_ref().map(|d| d.display().to_string());
+        let metadata = match &self.database_url {
+            Some(url) => infergate_config::redact_url(url),
+            None => format!("{}/registry.db", dir.as_deref().unwrap_or("?")),
+        };
+        let artifacts = match &self.store {
+            Some(store) => store.url.clone(),
+            None => format!("{}/artifacts", dir.as_deref().unwrap_or("?")),
+        };
+        write!(f, "metadata {metadata}, artifacts {artifacts}")
+    }
+}
+
+/// A model registry: metadata (SQLite or PostgreSQL) over an artifact store (a directory or
+/// object storage).
 #[derive(Debug)]
 pub struct Registry {
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     store: Box<dyn ArtifactStore>,
-    conn: Mutex<Connection>,
+    db: Db,
 }
 
 fn check_name(what: &str, name: &str) -> Result<()> {
@@ -99,11 +128,43 @@ impl Registry {
 
     /// Opens the metadata in `dir` over another artifact store.
     pub fn with_store(dir: &Path, store: Box<dyn ArtifactStore>) -> Result<Self> {
-        let conn = db::open(&dir.join("registry.db"))?;
+        let conn = db::open_sqlite(&dir.join("registry.db"))?;
         Ok(Self {
-            dir: dir.to_path_buf(),
+            dir: Some(dir.to_path_buf()),
             store,
-            conn: Mutex::new(conn),
+            db: Db::Sqlite(Mutex::new(conn)),
+        })
+    }
+
+    /// Opens the registry wherever `location` says, creating what is missing.
+    pub fn connect(location: &RegistryLocation) -> Result<Self> {
+        let need_dir = |what: &str| {
+            location.dir.clone().ok_or_else(|| {
+                RegistryError::invalid(
+                    "registry location",
+                    format!("{what} needs a registry directory (or a remote setting)"),
+                )
+            })
+        };
+        let store: Box<dyn ArtifactStore> = match &location.store {
+            Some(config) => Box::new(ObjectStoreArtifacts::new(config)?),
+            None => {
+                let dir = need_dir("the artifact store")?;
+                Box::new(FsStore::new(dir.join("artifacts"))?)
+            }
+        };
+        let db = match &location.database_url {
+            Some(url) => Db::Postgres(Box::new(Mutex::new(crate::pg::PgConn::open(url)?))),
+            None => {
+                let dir = need_dir("the metadata database")?;
+                std::fs::create_dir_all(&dir).map_err(|e| RegistryError::io(&dir, e))?;
+                Db::Sqlite(Mutex::new(db::open_sqlite(&dir.join("registry.db"))?))
+            }
+        };
+        Ok(Self {
+            dir: location.dir.clone(),
+            store,
+            db,
         })
     }
 
@@ -116,23 +177,19 @@ impl Registry {
         model: &str,
         detail: &serde_json::Value,
     ) -> Result<()> {
-        let conn = self.conn();
-        db::audit(&conn, now_millis(), actor, action, model, detail)
+        self.db
+            .write(|conn| db::audit(conn, now_millis(), actor, action, model, detail))
     }
 
     /// How long a write waits for another writer's lock before failing with "database is
     /// locked" (default 30 s).
     pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<()> {
-        self.conn().busy_timeout(timeout)?;
-        Ok(())
+        self.db.set_busy_timeout(timeout)
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    /// The registry's directory, when something is kept in one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
     }
 
     /// Stores the artifacts and records the version, numbered one past the model's last.
@@ -201,55 +258,54 @@ impl Registry {
                 .entry("size_bytes".to_owned())
                 .or_insert(size as f64);
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = record.created_at;
-        tx.execute(
-            "INSERT OR IGNORE INTO models (name, gate, created_at) VALUES (?1, NULL, ?2)",
-            params![record.model, now],
-        )?;
-        if let Some(parent) = record.lineage.parent
-            && db::version(&tx, &record.model, parent)?.is_none()
-        {
-            return Err(RegistryError::invalid(
-                "lineage",
-                format!(
-                    "parent version {parent} of '{}' does not exist",
-                    record.model
-                ),
-            ));
-        }
-        let last: Option<u32> = tx.query_row(
-            "SELECT MAX(version) FROM versions WHERE model = ?1",
-            [&record.model],
-            |r| r.get(0),
-        )?;
-        record.version = last.unwrap_or(0) + 1;
-        tx.execute(
-            "INSERT INTO versions (model, version, record, created_at) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                record.model,
-                record.version,
-                serde_json::to_string(&record)?,
-                now
-            ],
-        )?;
-        for a in &record.artifacts {
+        self.db.write(|tx| {
+            let now = record.created_at;
             tx.execute(
-                "INSERT INTO artifacts (model, version, kind, digest, size) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![record.model, record.version, a.kind.as_str(), a.digest, a.size as i64],
+                "INSERT INTO models (name, gate, created_at) VALUES (?1, NULL, ?2) ON CONFLICT DO NOTHING",
+                params![&record.model, now],
             )?;
-        }
-        db::audit(
-            &tx,
-            now,
-            &record.author,
-            "register",
-            &record.model,
-            &json!({"version": record.version, "platform": record.platform,
-                    "artifacts": record.artifacts.iter().map(|a| format!("{}:sha256:{}", a.kind.as_str(), a.digest)).collect::<Vec<_>>()}),
-        )?;
-        tx.commit()?;
+            if let Some(parent) = record.lineage.parent
+                && db::version(tx, &record.model, parent)?.is_none()
+            {
+                return Err(RegistryError::invalid(
+                    "lineage",
+                    format!(
+                        "parent version {parent} of '{}' does not exist",
+                        record.model
+                    ),
+                ));
+            }
+            let last = tx
+                .query_opt(
+                    "SELECT MAX(version) FROM versions WHERE model = ?1",
+                    params![&record.model],
+                )?
+                .map(|r| r.opt_int(0))
+                .transpose()?
+                .flatten();
+            record.version = u32::try_from(last.unwrap_or(0) + 1)
+                .map_err(|_| RegistryError::invalid("version", "too many versions"))?;
+            tx.execute(
+                "INSERT INTO versions (model, version, record, created_at) VALUES (?1, ?2, ?3, ?4)",
+                params![&record.model, record.version, serde_json::to_string(&record)?, now],
+            )?;
+            for a in &record.artifacts {
+                tx.execute(
+                    "INSERT INTO artifacts (model, version, kind, digest, size) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![&record.model, record.version, a.kind.as_str(), &a.digest, a.size],
+                )?;
+            }
+            db::audit(
+                tx,
+                now,
+                &record.author,
+                "register",
+                &record.model,
+                &json!({"version": record.version, "platform": record.platform,
+                        "artifacts": record.artifacts.iter().map(|a| format!("{}:sha256:{}", a.kind.as_str(), a.digest)).collect::<Vec<_>>()}),
+            )?;
+            Ok(())
+        })?;
         Ok(record)
     }
 
@@ -283,71 +339,82 @@ impl Registry {
 
     /// Every model with its versions and aliases, by name.
     pub fn models(&self) -> Result<Vec<ModelSummary>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT name FROM models ORDER BY name")?;
-        let names: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(names.len());
-        for name in names {
-            let mut vs =
-                conn.prepare("SELECT version FROM versions WHERE model = ?1 ORDER BY version")?;
-            let versions = vs
-                .query_map([&name], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            let mut al =
-                conn.prepare("SELECT alias, version FROM aliases WHERE model = ?1 ORDER BY alias")?;
-            let aliases = al
-                .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
-            out.push(ModelSummary {
-                name,
-                versions,
-                aliases,
-            });
-        }
-        Ok(out)
+        self.db.read(|conn| {
+            let names = conn.query("SELECT name FROM models ORDER BY name", params![])?;
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let name = name.text(0)?;
+                let versions = conn
+                    .query(
+                        "SELECT version FROM versions WHERE model = ?1 ORDER BY version",
+                        params![&name],
+                    )?
+                    .iter()
+                    .map(|r| r.u32(0))
+                    .collect::<Result<_>>()?;
+                let aliases = conn
+                    .query(
+                        "SELECT alias, version FROM aliases WHERE model = ?1 ORDER BY alias",
+                        params![&name],
+                    )?
+                    .iter()
+                    .map(|r| Ok((r.text(0)?, r.u32(1)?)))
+                    .collect::<Result<_>>()?;
+                out.push(ModelSummary {
+                    name,
+                    versions,
+                    aliases,
+                });
+            }
+            Ok(out)
+        })
     }
 
     /// Every version of `model`, oldest first.
     pub fn versions(&self, model: &str) -> Result<Vec<VersionRecord>> {
-        let conn = self.conn();
-        if !db::model_exists(&conn, model)? {
-            return Err(RegistryError::UnknownModel(model.to_owned()));
-        }
-        let mut stmt =
-            conn.prepare("SELECT record FROM versions WHERE model = ?1 ORDER BY version")?;
-        let rows = stmt.query_map([model], |r| r.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(serde_json::from_str(&row?)?);
-        }
-        Ok(out)
+        self.db.read(|conn| {
+            if !db::model_exists(conn, model)? {
+                return Err(RegistryError::UnknownModel(model.to_owned()));
+            }
+            conn.query(
+                "SELECT record FROM versions WHERE model = ?1 ORDER BY version",
+                params![model],
+            )?
+            .iter()
+            .map(|r| Ok(serde_json::from_str(&r.text(0)?)?))
+            .collect()
+        })
     }
 
     /// The version named by a number (`3`) or an alias (`production`).
     pub fn resolve(&self, model: &str, spec: &str) -> Result<VersionRecord> {
-        let conn = self.conn();
         let unknown = || RegistryError::UnknownVersion {
             model: model.to_owned(),
             version: spec.to_owned(),
         };
-        if !db::model_exists(&conn, model)? {
-            return Err(RegistryError::UnknownModel(model.to_owned()));
-        }
-        let number = match spec.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => db::alias(&conn, model, spec)?.ok_or_else(unknown)?,
-        };
-        db::version(&conn, model, number)?.ok_or_else(unknown)
+        self.db.read(|conn| {
+            if !db::model_exists(conn, model)? {
+                return Err(RegistryError::UnknownModel(model.to_owned()));
+            }
+            let number = match spec.parse::<u32>() {
+                Ok(n) => n,
+                Err(_) => db::alias(conn, model, spec)?.ok_or_else(unknown)?,
+            };
+            db::version(conn, model, number)?.ok_or_else(unknown)
+        })
     }
 
     /// The aliases of `model`.
     pub fn aliases(&self, model: &str) -> Result<BTreeMap<String, u32>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT alias, version FROM aliases WHERE model = ?1")?;
-        let rows = stmt.query_map([model], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.db.read(|conn| {
+            conn.query(
+                "SELECT alias, version FROM aliases WHERE model = ?1",
+                params![model],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.u32(1)?)))
+            .collect()
+        })
     }
 
     /// Points `alias` at `version` (atomically, audited) and returns where it pointed before.
@@ -363,25 +430,24 @@ impl Registry {
 
     /// Removes `alias`, audited; returns where it pointed.
     pub fn remove_alias(&self, model: &str, alias: &str, actor: &str) -> Result<Option<u32>> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let previous = db::alias(&tx, model, alias)?;
-        if previous.is_some() {
-            tx.execute(
-                "DELETE FROM aliases WHERE model = ?1 AND alias = ?2",
-                params![model, alias],
-            )?;
-            db::audit(
-                &tx,
-                now_millis(),
-                actor,
-                "alias.remove",
-                model,
-                &json!({"alias": alias, "from": previous}),
-            )?;
-        }
-        tx.commit()?;
-        Ok(previous)
+        self.db.write(|tx| {
+            let previous = db::alias(tx, model, alias)?;
+            if previous.is_some() {
+                tx.execute(
+                    "DELETE FROM aliases WHERE model = ?1 AND alias = ?2",
+                    params![model, alias],
+                )?;
+                db::audit(
+                    tx,
+                    now_millis(),
+                    actor,
+                    "alias.remove",
+                    model,
+                    &json!({"alias": alias, "from": previous}),
+                )?;
+            }
+            Ok(previous)
+        })
     }
 
     fn move_alias(
@@ -400,53 +466,50 @@ impl Registry {
                 format!("'{alias}' would read as a version number"),
             ));
         }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if !db::model_exists(&tx, model)? {
-            return Err(RegistryError::UnknownModel(model.to_owned()));
-        }
-        if db::version(&tx, model, version)?.is_none() {
-            return Err(RegistryError::UnknownVersion {
-                model: model.to_owned(),
-                version: version.to_string(),
-            });
-        }
-        let previous = db::alias(&tx, model, alias)?;
-        let now = now_millis();
-        tx.execute(
-            "INSERT INTO aliases (model, alias, version, updated_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
-            params![model, alias, version, now],
-        )?;
-        let mut detail = json!({"alias": alias, "from": previous, "to": version});
-        if !overridden.is_empty() {
-            detail["overridden"] = json!(overridden);
-        }
-        db::audit(&tx, now, actor, action, model, &detail)?;
-        tx.commit()?;
-        Ok(previous)
+        self.db.write(|tx| {
+            if !db::model_exists(tx, model)? {
+                return Err(RegistryError::UnknownModel(model.to_owned()));
+            }
+            if db::version(tx, model, version)?.is_none() {
+                return Err(RegistryError::UnknownVersion {
+                    model: model.to_owned(),
+                    version: version.to_string(),
+                });
+            }
+            let previous = db::alias(tx, model, alias)?;
+            let now = now_millis();
+            tx.execute(
+                "INSERT INTO aliases (model, alias, version, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (model, alias) DO UPDATE SET version = excluded.version, updated_at = excluded.updated_at",
+                params![model, alias, version, now],
+            )?;
+            let mut detail = json!({"alias": alias, "from": previous, "to": version});
+            if !overridden.is_empty() {
+                detail["overridden"] = json!(overridden);
+            }
+            db::audit(tx, now, actor, action, model, &detail)?;
+            Ok(previous)
+        })
     }
 
     /// The promotion rules of `model` (the defaults when none were set).
     pub fn gate(&self, model: &str) -> Result<GateRules> {
-        db::gate(&self.conn(), model)
+        self.db.read(|conn| db::gate(conn, model))
     }
 
     /// Replaces the promotion rules of `model`, audited.
     pub fn set_gate(&self, model: &str, rules: &GateRules, actor: &str) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let json = serde_json::to_value(rules)?;
-        if tx.execute(
-            "UPDATE models SET gate = ?2 WHERE name = ?1",
-            params![model, json.to_string()],
-        )? == 0
-        {
-            return Err(RegistryError::UnknownModel(model.to_owned()));
-        }
-        db::audit(&tx, now_millis(), actor, "gate", model, &json)?;
-        tx.commit()?;
-        Ok(())
+        self.db.write(|tx| {
+            if tx.execute(
+                "UPDATE models SET gate = ?2 WHERE name = ?1",
+                params![model, json.to_string()],
+            )? == 0
+            {
+                return Err(RegistryError::UnknownModel(model.to_owned()));
+            }
+            db::audit(tx, now_millis(), actor, "gate", model, &json)
+        })
     }
 
     /// Moves `alias` to `version` if the version passes the model's gates against the alias's
@@ -460,30 +523,25 @@ impl Registry {
         force: bool,
         actor: &str,
     ) -> Result<Promotion> {
-        let (verdict, rules) = {
-            let conn = self.conn();
-            let rules = db::gate(&conn, model)?;
-            let candidate = db::version(&conn, model, version)?.ok_or_else(|| {
+        let (verdict, rules) = self.db.read(|conn| {
+            let rules = db::gate(conn, model)?;
+            let candidate = db::version(conn, model, version)?.ok_or_else(|| {
                 RegistryError::UnknownVersion {
                     model: model.to_owned(),
                     version: version.to_string(),
                 }
             })?;
-            let current = match db::alias(&conn, model, alias)? {
-                Some(v) => db::version(&conn, model, v)?,
+            let current = match db::alias(conn, model, alias)? {
+                Some(v) => db::version(conn, model, v)?,
                 None => None,
             };
-            (rules.check(&candidate, current.as_ref()), rules)
-        };
+            Ok((rules.check(&candidate, current.as_ref()), rules))
+        })?;
         if !verdict.passed() && !force {
-            db::audit(
-                &self.conn(),
-                now_millis(),
-                actor,
-                "promote.refused",
-                model,
-                &json!({"alias": alias, "version": version, "reasons": verdict.reasons, "rules": rules}),
-            )?;
+            let detail = json!({"alias": alias, "version": version, "reasons": verdict.reasons, "rules": rules});
+            self.db.write(|tx| {
+                db::audit(tx, now_millis(), actor, "promote.refused", model, &detail)
+            })?;
             return Err(RegistryError::GateRefused {
                 model: model.to_owned(),
                 version,
@@ -505,7 +563,7 @@ impl Registry {
 
     /// The audit log, oldest first, for one model or all.
     pub fn audit(&self, model: Option<&str>) -> Result<Vec<AuditEntry>> {
-        db::audit_entries(&self.conn(), model)
+        self.db.read(|conn| db::audit_entries(conn, model))
     }
 
     /// Reads an artifact, refusing it unless its size and sha256 match the record.
@@ -515,14 +573,15 @@ impl Registry {
 
     /// Re-hashes every recorded artifact.
     pub fn verify(&self) -> Result<VerifyReport> {
-        let rows: Vec<(String, u32, String, String, i64)> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT model, version, kind, digest, size FROM artifacts ORDER BY model, version, kind")?;
-            stmt.query_map([], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?
-        };
+        let rows: Vec<(String, u32, String, String, i64)> = self.db.read(|conn| {
+            conn.query(
+                "SELECT model, version, kind, digest, size FROM artifacts ORDER BY model, version, kind",
+                params![],
+            )?
+            .iter()
+            .map(|r| Ok((r.text(0)?, r.u32(1)?, r.text(2)?, r.text(3)?, r.int(4)?)))
+            .collect()
+        })?;
         let mut report = VerifyReport::default();
         for (model, version, kind, digest, size) in rows {
             report.checked += 1;
@@ -538,12 +597,12 @@ impl Registry {
     /// Deletes stored blobs no version references, except those younger than `grace_secs`
     /// (a registration in another process may not have committed yet).
     pub fn gc(&self, grace_secs: u64, dry_run: bool) -> Result<GcReport> {
-        let referenced: BTreeSet<String> = {
-            let conn = self.conn();
-            let mut stmt = conn.prepare("SELECT DISTINCT digest FROM artifacts")?;
-            stmt.query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?
-        };
+        let referenced: BTreeSet<String> = self.db.read(|conn| {
+            conn.query("SELECT DISTINCT digest FROM artifacts", params![])?
+                .iter()
+                .map(|r| r.text(0))
+                .collect()
+        })?;
         let mut report = GcReport::default();
         for (digest, age) in self.store.list()? {
             if referenced.contains(&digest) {
@@ -564,14 +623,9 @@ impl Registry {
             report.removed.push(digest);
         }
         if !dry_run && !report.removed.is_empty() {
-            db::audit(
-                &self.conn(),
-                now_millis(),
-                "gc",
-                "gc",
-                "",
-                &json!({"removed": report.removed, "bytes": report.bytes}),
-            )?;
+            let detail = json!({"removed": report.removed, "bytes": report.bytes});
+            self.db
+                .write(|tx| db::audit(tx, now_millis(), "gc", "gc", "", &detail))?;
         }
         Ok(report)
     }

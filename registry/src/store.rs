@@ -86,7 +86,7 @@ impl FsStore {
     }
 }
 
-fn check_digest(digest: &str) -> Result<()> {
+pub(crate) fn check_digest(digest: &str) -> Result<()> {
     if digest.len() == 64
         && digest
             .bytes()

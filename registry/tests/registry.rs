@@ -1,12 +1,120 @@
-//! The registry against a real SQLite database and filesystem store in a temporary directory.
+//! One behavioural suite, run against both kinds of registry: SQLite and a filesystem store in a
+//! temporary directory (`sqlite_fs::…`), and PostgreSQL with S3-compatible object storage, real
+//! servers on loopback (`postgres_s3::…`, run by `make test` through
+//! `scripts/with_services.sh`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use infergate_registry::{
     ArtifactKind, GateRules, Lineage, NewArtifact, NewVersion, PLATFORM_ONNX, Registry,
-    RegistryError, sha256_hex,
+    RegistryError, RegistryLocation, sha256_hex, testing,
 };
+
+/// Where a test's registry lives: every handle opened from it is the same registry, as
+/// separate processes (servers, CLI, trainer) are.
+trait Backend {
+    fn open(&self) -> Registry;
+    /// Replaces the stored bytes of a blob behind the registry's back.
+    fn overwrite_blob(&self, digest: &str, bytes: &[u8]);
+}
+
+/// SQLite and the filesystem store in a temporary directory.
+struct Local(tempfile::TempDir);
+
+impl Local {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+}
+
+impl Backend for Local {
+    fn open(&self) -> Registry {
+        Registry::open(self.0.path()).unwrap()
+    }
+
+    fn overwrite_blob(&self, digest: &str, bytes: &[u8]) {
+        let path = self
+            .0
+            .path()
+            .join("artifacts/sha256")
+            .join(&digest[..2])
+            .join(digest);
+        std::fs::write(path, bytes).unwrap();
+    }
+}
+
+/// A fresh PostgreSQL database and a fresh prefix of the S3 bucket, per test.
+struct Remote {
+    location: RegistryLocation,
+    prefix: String,
+}
+
+impl Remote {
+    fn new() -> Self {
+        let (location, prefix) = testing::remote_location();
+        Self { location, prefix }
+    }
+}
+
+impl Backend for Remote {
+    fn open(&self) -> Registry {
+        Registry::connect(&self.location).unwrap()
+    }
+
+    /// Through the S3 API itself, as another (faulty) writer would.
+    fn overwrite_blob(&self, digest: &str, bytes: &[u8]) {
+        use object_store::ObjectStoreExt as _;
+        let mut builder = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(testing::env("REGISTRY_TEST_S3_BUCKET"));
+        for (k, v) in testing::s3_options() {
+            builder = builder.with_config(k.parse().unwrap(), v);
+        }
+        let store = builder.build().unwrap();
+        let key = object_store::path::Path::from(format!(
+            "{}/sha256/{}/{digest}",
+            self.prefix,
+            &digest[..2]
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(store.put(&key, bytes.to_vec().into()))
+            .unwrap();
+    }
+}
+
+/// Every behaviour below, once per backend.
+macro_rules! suite {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite_fs {
+            $(#[test]
+            fn $test() {
+                super::$test(&super::Local::new());
+            })*
+        }
+
+        mod postgres_s3 {
+            $(#[test]
+            #[ignore = "needs PostgreSQL and S3 servers: make test runs it through scripts/with_services.sh"]
+            fn $test() {
+                super::$test(&super::Remote::new());
+            })*
+        }
+    };
+}
+
+suite!(
+    versions_are_numbered_in_registration_order_and_resolved_by_alias,
+    import_reads_the_signature_from_the_onnx_file,
+    corrupted_and_truncated_artifacts_are_refused_and_reported_by_verify,
+    concurrent_writers_never_share_a_version_number,
+    alias_moves_are_atomic_and_audited,
+    promotion_gates_refuse_allow_and_force,
+    lineage_parent_must_exist_and_gc_removes_only_unreferenced_blobs,
+);
 
 fn version(model: &str, weights: &[u8], accuracy: Option<f64>) -> NewVersion {
     NewVersion {
@@ -30,10 +138,8 @@ fn repo_model(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
-#[test]
-fn versions_are_numbered_in_registration_order_and_resolved_by_alias() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn versions_are_numbered_in_registration_order_and_resolved_by_alias(b: &dyn Backend) {
+    let reg = b.open();
     let v1 = reg.register(version("m", b"one", Some(0.9))).unwrap();
     let v2 = reg.register(version("m", b"two", Some(0.91))).unwrap();
     let other = reg.register(version("n", b"one", None)).unwrap();
@@ -55,7 +161,7 @@ fn versions_are_numbered_in_registration_order_and_resolved_by_alias() {
 
     // Records survive reopening.
     drop(reg);
-    let reg = Registry::open(dir.path()).unwrap();
+    let reg = b.open();
     assert_eq!(reg.resolve("m", "1").unwrap(), v1);
     let models = reg.models().unwrap();
     assert_eq!(models.len(), 2);
@@ -63,10 +169,8 @@ fn versions_are_numbered_in_registration_order_and_resolved_by_alias() {
     assert_eq!(models[0].aliases["production"], 1);
 }
 
-#[test]
-fn import_reads_the_signature_from_the_onnx_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn import_reads_the_signature_from_the_onnx_file(b: &dyn Backend) {
+    let reg = b.open();
     let v = reg
         .import("iris", &repo_model("iris_mlp/1/model.onnx"), "bob")
         .unwrap();
@@ -87,6 +191,7 @@ fn import_reads_the_signature_from_the_onnx_file() {
     assert_eq!(v.artifacts[0].digest, sha256_hex(&bytes));
     assert_eq!(reg.read_artifact(&v.artifacts[0]).unwrap(), bytes);
 
+    let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.bin");
     std::fs::write(&junk, b"\x08\x01 not a model").unwrap();
     let err = reg.import("iris", &junk, "bob").unwrap_err().to_string();
@@ -96,24 +201,17 @@ fn import_reads_the_signature_from_the_onnx_file() {
     );
 }
 
-#[test]
-fn corrupted_and_truncated_artifacts_are_refused_and_reported_by_verify() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn corrupted_and_truncated_artifacts_are_refused_and_reported_by_verify(b: &dyn Backend) {
+    let reg = b.open();
     let v = reg.register(version("m", b"0123456789", None)).unwrap();
     let ok = reg.register(version("m", b"intact", None)).unwrap();
     assert_eq!(reg.verify().unwrap().failures, vec![]);
 
     let a = &v.artifacts[0];
-    let path = dir
-        .path()
-        .join("artifacts/sha256")
-        .join(&a.digest[..2])
-        .join(&a.digest);
-    std::fs::write(&path, b"01234").unwrap();
+    b.overwrite_blob(&a.digest, b"01234");
     let err = reg.read_artifact(a).unwrap_err().to_string();
     assert!(err.contains("size is 5 bytes, recorded 10"), "{err}");
-    std::fs::write(&path, b"0123456780").unwrap();
+    b.overwrite_blob(&a.digest, b"0123456780");
     let err = reg.read_artifact(a).unwrap_err().to_string();
     assert!(err.contains("failed verification"), "{err}");
 
@@ -124,41 +222,39 @@ fn corrupted_and_truncated_artifacts_are_refused_and_reported_by_verify() {
     assert!(reg.read_artifact(&ok.artifacts[0]).is_ok());
 }
 
-#[test]
-fn concurrent_writers_never_share_a_version_number() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().to_path_buf();
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                // One handle (one SQLite connection) per writer, as separate processes have.
-                let reg = Registry::open(&path).unwrap();
-                (0..10)
-                    .map(|i| {
-                        reg.register(version("m", format!("{t}-{i}").as_bytes(), None))
-                            .unwrap()
-                            .version
-                    })
-                    .collect::<Vec<_>>()
+fn concurrent_writers_never_share_a_version_number(b: &dyn Backend) {
+    // One handle (one database connection) per writer, as separate processes have.
+    let handles: Vec<Registry> = (0..4).map(|_| b.open()).collect();
+    let mut all: Vec<u32> = std::thread::scope(|s| {
+        let threads: Vec<_> = handles
+            .iter()
+            .enumerate()
+            .map(|(t, reg)| {
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| {
+                            reg.register(version("m", format!("{t}-{i}").as_bytes(), None))
+                                .unwrap()
+                                .version
+                        })
+                        .collect::<Vec<_>>()
+                })
             })
-        })
-        .collect();
-    let mut all: Vec<u32> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
     all.sort_unstable();
     assert_eq!(all, (1..=40).collect::<Vec<_>>());
-    let reg = Registry::open(&path).unwrap();
+    let reg = b.open();
     assert_eq!(reg.verify().unwrap().checked, 40);
     assert_eq!(reg.audit(Some("m")).unwrap().len(), 40);
 }
 
-#[test]
-fn alias_moves_are_atomic_and_audited() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn alias_moves_are_atomic_and_audited(b: &dyn Backend) {
+    let reg = b.open();
     for w in [b"a", b"b", b"c"] {
         reg.register(version("m", w, None)).unwrap();
     }
@@ -205,10 +301,8 @@ fn alias_moves_are_atomic_and_audited() {
     );
 }
 
-#[test]
-fn promotion_gates_refuse_allow_and_force() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn promotion_gates_refuse_allow_and_force(b: &dyn Backend) {
+    let reg = b.open();
     reg.register(version("m", b"v1", Some(0.90))).unwrap();
     reg.register(version("m", b"v2", Some(0.88))).unwrap();
     reg.register(version("m", b"v3", Some(0.897))).unwrap();
@@ -292,10 +386,8 @@ fn promotion_gates_refuse_allow_and_force() {
     assert_eq!(forced.detail["overridden"].as_array().unwrap().len(), 2);
 }
 
-#[test]
-fn lineage_parent_must_exist_and_gc_removes_only_unreferenced_blobs() {
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
+fn lineage_parent_must_exist_and_gc_removes_only_unreferenced_blobs(b: &dyn Backend) {
+    let reg = b.open();
     let mut child = version("m", b"child", None);
     child.lineage = Lineage {
         parent: Some(1),

@@ -152,20 +152,21 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
             "security.insecure_admin",
             args.insecure_admin.then_some(true),
         );
-    let config = Config::load(args.config.as_deref(), env, &overrides)?;
+    let config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
     init_logging(&config);
     tracing::info!(config = ?config.redacted(), "effective configuration");
 
     let root = config.models.repository.clone();
-    if root.is_none() && config.models.registry.is_none() {
+    let location = registry_location(&config, &env);
+    if root.is_none() && location.is_none() {
         anyhow::bail!(
             "nothing to serve: pass --model-repository DIR and/or --registry DIR (or set models.repository / models.registry)"
         );
     }
-    let registry = match &config.models.registry {
-        Some(dir) => Some(Arc::new(
-            infergate_registry::Registry::open(dir)
-                .with_context(|| format!("cannot open registry {}", dir.display()))?,
+    let registry = match &location {
+        Some(location) => Some(Arc::new(
+            infergate_registry::Registry::connect(location)
+                .with_context(|| format!("cannot open the registry ({location})"))?,
         )),
         None => None,
     };
@@ -190,6 +191,28 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         shutdown,
     })
     .await
+}
+
+/// Where the configured registry is: a directory, PostgreSQL and/or object storage (with the
+/// `AWS_…` variables of `env` for the S3 client). None when no registry is configured.
+pub fn registry_location(
+    config: &Config,
+    env: &[(String, String)],
+) -> Option<infergate_registry::RegistryLocation> {
+    let models = &config.models;
+    if models.registry.is_none()
+        && models.registry_database_url.is_none()
+        && models.registry_store_url.is_none()
+    {
+        return None;
+    }
+    Some(infergate_registry::RegistryLocation {
+        dir: models.registry.clone(),
+        database_url: models.registry_database_url.clone(),
+        store: models.registry_store_url.as_ref().map(|url| {
+            infergate_registry::ObjectStoreConfig::new(url, &models.registry_store_options, env)
+        }),
+    })
 }
 
 fn init_logging(config: &Config) {

@@ -16,6 +16,8 @@ pub const DEFAULT_DIR: &str = "models/registry";
 #[derive(Debug, Args)]
 pub struct RegistryArgs {
     /// Registry directory [default: models.registry from the config, else ./models/registry].
+    /// A registry in PostgreSQL and object storage is named by the config or the environment
+    /// (`INFERGATE_MODELS__REGISTRY_DATABASE_URL`, `INFERGATE_MODELS__REGISTRY_STORE_URL`).
     #[arg(long, value_name = "DIR", global = true)]
     pub registry: Option<PathBuf>,
     /// TOML configuration file (for models.registry).
@@ -94,17 +96,20 @@ pub enum Verb {
 
 /// Runs one registry command, printing its result on stdout.
 pub fn run(args: RegistryArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
-    let dir = match args.registry {
-        Some(dir) => dir,
-        None => infergate_config::Config::load(
-            args.config.as_deref(),
-            env.clone(),
-            &infergate_config::Overrides::new(),
-        )?
-        .models
-        .registry
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR)),
-    };
+    let mut config = infergate_config::Config::load(
+        args.config.as_deref(),
+        env.clone(),
+        &infergate_config::Overrides::new(),
+    )?;
+    if let Some(dir) = args.registry {
+        config.models.registry = Some(dir);
+    }
+    let location = crate::cli::registry_location(&config, &env).unwrap_or_else(|| {
+        infergate_registry::RegistryLocation {
+            dir: Some(PathBuf::from(DEFAULT_DIR)),
+            ..Default::default()
+        }
+    });
     let author = args
         .author
         .or_else(|| {
@@ -113,7 +118,7 @@ pub fn run(args: RegistryArgs, env: Vec<(String, String)>) -> anyhow::Result<()>
                 .map(|(_, v)| v.clone())
         })
         .unwrap_or_else(|| "unknown".to_string());
-    let reg = Registry::open(&dir)?;
+    let reg = Registry::connect(&location)?;
     let out = execute(&reg, args.verb, &author)?;
     print!("{out}");
     Ok(())

@@ -457,3 +457,62 @@ async fn operators_pin_a_default_and_a_production_with_another_signature_is_not_
     assert_eq!(meta["inputs"][0]["name"], "INPUT0");
     server.stop().await;
 }
+
+/// Two servers over one registry in PostgreSQL and S3 object storage (real servers on loopback,
+/// started by `scripts/with_services.sh`): both serve the `production` version, and when
+/// another process moves the alias, both follow.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs PostgreSQL and S3 servers: make test runs it through scripts/with_services.sh"]
+async fn replicas_follow_one_registry_in_postgres_and_object_storage() {
+    let (location, _) = infergate_registry::testing::remote_location();
+    let admin = Registry::connect(&location).unwrap();
+    for v in ["1", "2"] {
+        admin
+            .import(
+                "iris",
+                &repo_dir().join(format!("iris_mlp/{v}/model.onnx")),
+                "ci",
+            )
+            .unwrap();
+    }
+    admin.set_alias("iris", "production", 1, "ci").unwrap();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut config = loopback_config();
+        config.models.registry_poll_ms = 100;
+        let repository = Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+            .with_registry(Arc::new(Registry::connect(&location).unwrap()));
+        let repository = Arc::new(repository);
+        repository.load_all().await.unwrap();
+        replicas.push(TestServer::serve(config, repository).await);
+    }
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let served = |s: &TestServer| {
+        let (url, body, http) = (s.url("/v2/models/iris/infer"), body.clone(), s.http.clone());
+        async move {
+            let r = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let v: serde_json::Value = r.json().await.unwrap();
+            v["model_version"].as_str().unwrap().to_string()
+        }
+    };
+    for s in &replicas {
+        assert_eq!(served(s).await, "1");
+    }
+    admin.promote("iris", 2, "production", false, "ci").unwrap();
+    for s in &replicas {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while served(s).await != "2" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica did not follow the alias"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let moves = admin.audit(Some("iris")).unwrap();
+    assert_eq!(moves.last().unwrap().action, "promote");
+    for s in replicas {
+        s.stop().await;
+    }
+}

@@ -1,0 +1,187 @@
+//! PostgreSQL metadata: the connection, its schema, and value conversion for [`crate::sql`].
+
+use postgres::types::{ToSql, Type};
+
+use crate::sql::{Row, Value};
+use crate::{RegistryError, Result};
+
+/// The advisory lock every write transaction holds ("infergate" in ASCII, as a number).
+pub(crate) const WRITE_LOCK: i64 = 0x696e_6665_7267_6174;
+
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS registry_meta (
+    key         TEXT PRIMARY KEY,
+    value       BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    name        TEXT PRIMARY KEY,
+    gate        TEXT,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    model       TEXT NOT NULL REFERENCES models(name),
+    version     BIGINT NOT NULL,
+    record      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    model       TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    kind        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    PRIMARY KEY (model, version, kind),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
+CREATE TABLE IF NOT EXISTS aliases (
+    model       TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (model, alias),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id          BIGSERIAL PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+";
+
+/// A connection that reconnects when the server dropped it.
+pub(crate) struct PgConn {
+    url: String,
+    client: Option<postgres::Client>,
+}
+
+impl PgConn {
+    /// Connects and creates (or checks) the schema.
+    pub(crate) fn open(url: &str) -> Result<Self> {
+        let mut conn = Self {
+            url: url.to_owned(),
+            client: None,
+        };
+        conn.run(|client| {
+            let mut tx = client.transaction()?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+            tx.batch_execute(SCHEMA)?;
+            let found: Option<i64> = tx
+                .query_opt(
+                    "SELECT value FROM registry_meta WHERE key = 'schema_version'",
+                    &[],
+                )?
+                .map(|r| r.get(0));
+            match found {
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(RegistryError::invalid(
+                        "registry database",
+                        format!(
+                            "schema version {v} is newer than this build understands ({SCHEMA_VERSION})"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    tx.execute(
+                        "INSERT INTO registry_meta (key, value) VALUES ('schema_version', $1)",
+                        &[&SCHEMA_VERSION],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(conn)
+    }
+
+    /// Runs `f` with a live client. The synchronous client drives its own small runtime, which
+    /// must not start on a thread that is already inside one (a server's async task): there,
+    /// `f` runs on a short-lived thread of its own.
+    pub(crate) fn run<T: Send>(
+        &mut self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T> + Send,
+    ) -> Result<T> {
+        crate::sync::off_runtime(|| {
+            if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
+                self.client = Some(
+                    postgres::Client::connect(&self.url, postgres::NoTls).map_err(|source| {
+                        RegistryError::PostgresConnect {
+                            url: infergate_config::redact_url(&self.url),
+                            source,
+                        }
+                    })?,
+                );
+            }
+            let client = self.client.as_mut().expect("connected above");
+            f(client)
+        })
+    }
+}
+
+impl Drop for PgConn {
+    /// The client owns a runtime, which tokio refuses to drop inside another one.
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            crate::sync::off_runtime(move || drop(client));
+        }
+    }
+}
+
+/// `?1` placeholders as PostgreSQL's `$1`.
+pub(crate) fn placeholders(sql: &str) -> String {
+    sql.replace('?', "$")
+}
+
+pub(crate) fn params(values: &[Value]) -> Vec<Box<dyn ToSql + Sync>> {
+    values
+        .iter()
+        .map(|v| -> Box<dyn ToSql + Sync> {
+            match v {
+                Value::Null => Box::new(None::<String>),
+                Value::Int(i) => Box::new(*i),
+                Value::Text(s) => Box::new(s.clone()),
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn row(r: &postgres::Row) -> Result<Row> {
+    let mut out = Vec::with_capacity(r.len());
+    for (i, column) in r.columns().iter().enumerate() {
+        let value = match *column.type_() {
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Value::Int),
+            Type::INT4 => r
+                .try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(i64::from(v))),
+            Type::TEXT | Type::VARCHAR => r.try_get::<_, Option<String>>(i)?.map(Value::Text),
+            ref other => {
+                return Err(RegistryError::invalid(
+                    "query",
+                    format!("column {i} has unexpected type {other}"),
+                ));
+            }
+        };
+        out.push(value.unwrap_or(Value::Null));
+    }
+    Ok(Row::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_numbered_for_postgres() {
+        assert_eq!(
+            placeholders("SELECT a FROM t WHERE b = ?1 AND c = ?2"),
+            "SELECT a FROM t WHERE b = $1 AND c = $2"
+        );
+    }
+}
