@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 /// What the fake server does with request number `n` (0-based, infer calls only).
 #[derive(Clone, Copy)]
 enum Behavior {
-    /// Every tenth request takes `slow`, the others `fast`.
+    /// Every twentieth request takes `slow`, the others `fast`.
     Bimodal { fast: Duration, slow: Duration },
     /// From request `at` on, everything waits until `pause` after that request arrived.
     StallOnce { at: u64, pause: Duration },
@@ -37,7 +37,7 @@ impl Fake {
         let n = self.count.fetch_add(1, Ordering::SeqCst);
         match self.behavior {
             Behavior::Bimodal { fast, slow } => {
-                tokio::time::sleep(if n % 10 == 9 { slow } else { fast }).await;
+                tokio::time::sleep(if n % 20 == 19 { slow } else { fast }).await;
                 StatusCode::OK
             }
             Behavior::StallOnce { at, pause } => {
@@ -119,15 +119,16 @@ async fn percentiles_reflect_the_latency_distribution() {
     assert!((5.0..12.0).contains(&r.p50_ms), "p50 {}", r.p50_ms);
     assert!((60.0..80.0).contains(&r.p99_ms), "p99 {}", r.p99_ms);
     assert!((60.0..80.0).contains(&r.max_ms), "max {}", r.max_ms);
-    // 90 fast + 10 slow requests, one at a time: about 90*5 + 10*60 = 1050 ms in all.
+    // 95 fast + 5 slow requests, one at a time: about 95*5 + 5*60 = 775 ms in all.
     assert!(
-        (70.0..100.0).contains(&r.throughput),
+        (90.0..140.0).contains(&r.throughput),
         "throughput {}",
         r.throughput
     );
+    // 95% are fast, so p90 is too, even if a few fast ones are delayed on a busy machine.
     assert!(
         r.p90_ms < 20.0,
-        "p90 {}: 90% of requests are fast",
+        "p90 {}: 95% of requests are fast",
         r.p90_ms
     );
 }
