@@ -161,6 +161,12 @@ pub struct ServerConfig {
     pub body_timeout_ms: u64,
     /// Concurrent HTTP/2 streams per connection, on the gRPC and HTTP listeners.
     pub max_concurrent_streams: u32,
+    /// Largest request header block, in bytes (at least 8192). Larger: 431 on HTTP/1; the
+    /// stream is refused on HTTP/2 and gRPC.
+    pub max_header_bytes: usize,
+    /// Most elements in one input tensor. More: 413 / RESOURCE_EXHAUSTED, before the model
+    /// sees it.
+    pub max_tensor_elements: usize,
 }
 
 impl Default for ServerConfig {
@@ -175,6 +181,8 @@ impl Default for ServerConfig {
             header_timeout_ms: 30_000,
             body_timeout_ms: 30_000,
             max_concurrent_streams: 1024,
+            max_header_bytes: 64 * 1024,
+            max_tensor_elements: 1 << 26,
         }
     }
 }
@@ -347,6 +355,12 @@ impl Config {
             if value == 0 {
                 errors.push(format!("{key} must be greater than 0"));
             }
+        }
+        if self.server.max_header_bytes < 8192 {
+            errors.push("server.max_header_bytes must be at least 8192".to_string());
+        }
+        if self.server.max_tensor_elements == 0 {
+            errors.push("server.max_tensor_elements must be greater than 0".to_string());
         }
         if self.runtime.instances == 0 {
             errors.push("runtime.instances must be at least 1".to_string());

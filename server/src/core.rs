@@ -79,6 +79,23 @@ impl InferRequest {
         }
     }
 
+    /// Refuses an input with more elements than `max_elements` (`server.max_tensor_elements`).
+    pub fn check_limits(&self, max_elements: usize) -> Result<(), ServeError> {
+        for input in &self.inputs {
+            let n = input.tensor.len();
+            if n > max_elements {
+                return Err(ServeError::new(
+                    crate::error::ErrorKind::TooLarge,
+                    format!(
+                        "input '{}' has {n} elements, over the limit of {max_elements} (server.max_tensor_elements)",
+                        input.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads the `priority` and `timeout` (µs) request parameters.
     pub fn apply_parameters(&mut self) -> Result<(), ServeError> {
         let params: Vec<(String, Option<u64>)> = self

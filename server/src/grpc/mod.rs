@@ -46,8 +46,10 @@ pub fn serve(
     if let Some(tls) = &gateway.config.security.tls {
         server = server.tls_config(crate::tls::grpc_config(tls)?)?;
     }
+    let max_header = u32::try_from(gateway.config.server.max_header_bytes).unwrap_or(u32::MAX);
     Ok(server
         .max_concurrent_streams(gateway.config.server.max_concurrent_streams)
+        .http2_max_header_list_size(max_header)
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_resource_exhausted,
         ))
@@ -136,6 +138,7 @@ async fn infer_one(
         client,
     )?;
     let mut req = convert::request(request)?;
+    req.check_limits(gateway.config.server.max_tensor_elements)?;
     req.apply_parameters()?;
     if let Some(timeout) = timeout {
         req.tighten_deadline(timeout);

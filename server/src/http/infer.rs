@@ -120,6 +120,7 @@ async fn handle(
         Some(n) => codec::decode(path.model, path.version, &body[..n], body.slice(n..))?,
         None => codec::decode(path.model, path.version, &body, Bytes::new())?,
     };
+    req.check_limits(g.config.server.max_tensor_elements)?;
     req.apply_parameters()?;
     req.route_key = headers
         .get(ROUTE_KEY_HEADER)

@@ -25,6 +25,7 @@ use tower::Service;
 pub struct ConnLimits {
     pub header_timeout: Duration,
     pub max_concurrent_streams: u32,
+    pub max_header_bytes: usize,
 }
 
 impl ConnLimits {
@@ -32,6 +33,7 @@ impl ConnLimits {
         Self {
             header_timeout: Duration::from_millis(server.header_timeout_ms),
             max_concurrent_streams: server.max_concurrent_streams,
+            max_header_bytes: server.max_header_bytes,
         }
     }
 }
@@ -52,11 +54,13 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams);
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let mut connections = JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {

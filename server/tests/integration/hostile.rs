@@ -11,7 +11,7 @@ use infergate_proto::inference as pb;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{TestServer, grpc_input as input};
+use crate::common::{TestServer, grpc_input as input, raw_exchange};
 
 const IRIS: &str = "/v2/models/iris_mlp/infer";
 const SIMPLE: &str = "/v2/models/simple/infer";
@@ -454,22 +454,6 @@ async fn hostile_grpc_requests_get_their_code_and_message() {
     assert!(client.model_infer(ok).await.is_ok());
     assert_healthy(&s).await;
     s.stop().await;
-}
-
-/// Sends `head` (and `body`) on a fresh connection and reads until the server closes it or
-/// `wait` passes; returns what came back.
-async fn raw_exchange(
-    addr: std::net::SocketAddr,
-    head: &str,
-    body: &[u8],
-    wait: Duration,
-) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

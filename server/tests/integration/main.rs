@@ -9,6 +9,7 @@ mod grpc;
 mod hostile;
 mod http;
 mod lifecycle;
+mod limits;
 mod registry;
 mod routes;
 mod security;
