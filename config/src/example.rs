@@ -70,6 +70,7 @@ pub(crate) fn sample() -> Config {
         scopes: vec![Scope::Read, Scope::Admin],
     }];
     config.security.audit_log = Some("/var/log/infergate/audit.jsonl".into());
+    config.cache.ttl_ms = Some(60_000);
     config.security.tls = Some(TlsConfig {
         cert: "/etc/infergate/tls/server.crt".into(),
         key: "/etc/infergate/tls/server.key".into(),

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 pub use example::example;
 pub use layered::{ENV_PREFIX, Overrides};
-pub use model::{DynamicBatching, ModelConfig, ResponseCache, VersionPolicy};
+pub use model::{DynamicBatching, ModelConfig, ModelDefaults, ResponseCache, VersionPolicy};
 pub use security::{Scope, SecurityConfig, TlsConfig, TokenConfig};
 
 /// Everything wrong with a configuration, reported together.
@@ -45,6 +45,12 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Admission control: concurrency limits and client rate limits.
     pub limits: LimitsConfig,
+    /// Defaults for the keys a model's `[dynamic_batching]` leaves out (batching itself is
+    /// turned on per model, in its `config.toml`).
+    pub batching: DynamicBatching,
+    /// Defaults for the keys a model's `[response_cache]` leaves out (the cache itself is
+    /// turned on per model).
+    pub cache: ResponseCache,
     /// Logging.
     pub log: LogConfig,
     /// Bearer tokens and scopes, TLS, the audit log.
@@ -319,6 +325,14 @@ impl Config {
         Ok(config)
     }
 
+    /// The defaults that models' `config.toml` files fill their sections from.
+    pub fn model_defaults(&self) -> ModelDefaults {
+        ModelDefaults {
+            batching: self.batching.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+
     /// The configuration as it may be logged: secrets (token digests) replaced.
     pub fn redacted(&self) -> Self {
         let mut models = self.models.clone();
@@ -394,6 +408,7 @@ impl Config {
                 }
             }
         }
+        errors.extend(self.model_defaults().check());
         self.security.validate(&mut errors);
         let models = &self.models;
         if let Some(url) = &models.registry_database_url

@@ -30,7 +30,7 @@ pub struct ModelConfig {
 }
 
 /// Triton-style dynamic batching settings.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DynamicBatching {
     /// How long the oldest request may wait for a fuller batch; 0 = never wait (a batch forms
@@ -62,7 +62,7 @@ impl Default for DynamicBatching {
 }
 
 /// Response cache settings (per model version).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResponseCache {
     /// Bound on cached requests and responses, in bytes.
@@ -111,6 +111,44 @@ impl VersionPolicy {
                 sorted.split_off(skip)
             }
             Self::Specific(wanted) => sorted.into_iter().filter(|v| wanted.contains(v)).collect(),
+        }
+    }
+}
+
+/// The server's defaults for the keys a model's `[dynamic_batching]` and `[response_cache]`
+/// leave out (the `[batching]` and `[cache]` sections of the server configuration).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelDefaults {
+    pub batching: DynamicBatching,
+    pub cache: ResponseCache,
+}
+
+impl ModelDefaults {
+    /// Problems with the defaults themselves, as a model with batching and a cache would have.
+    pub(crate) fn check(&self) -> Vec<String> {
+        ModelConfig {
+            dynamic_batching: Some(self.batching.clone()),
+            response_cache: Some(self.cache.clone()),
+            ..ModelConfig::default()
+        }
+        .check_sections("batching/cache defaults")
+    }
+
+    /// Fills the sections of a model's table with the defaults' missing keys.
+    fn fill(&self, table: &mut toml::Table) {
+        let defaults = [
+            ("dynamic_batching", toml::Table::try_from(&self.batching)),
+            ("response_cache", toml::Table::try_from(&self.cache)),
+        ];
+        for (section, defaults) in defaults {
+            let (Some(toml::Value::Table(section)), Ok(defaults)) =
+                (table.get_mut(section), defaults)
+            else {
+                continue;
+            };
+            for (key, value) in defaults {
+                section.entry(key).or_insert(value);
+            }
         }
     }
 }
@@ -174,6 +212,11 @@ impl ModelConfig {
 
     /// Reads `path`, or the defaults when it does not exist.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, &ModelDefaults::default())
+    }
+
+    /// [`Self::load`] with the server's batching and cache defaults.
+    pub fn load_with(path: &Path, defaults: &ModelDefaults) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
@@ -184,15 +227,30 @@ impl ModelConfig {
                 });
             }
         };
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with(&text, &path.display().to_string(), defaults)
     }
 
     /// Parses and checks the text of a `config.toml`; `origin` names it in error messages.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Self::parse_with(text, origin, &ModelDefaults::default())
+    }
+
+    /// [`Self::parse`] with the server's batching and cache defaults.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        defaults: &ModelDefaults,
+    ) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             origin: origin.to_string(),
-            message: e.message().to_string(),
-        })?;
+            message,
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| parse_error(e.message().to_string()))?;
+        defaults.fill(&mut table);
+        let config = Self::deserialize(toml::Value::Table(table))
+            .map_err(|e| parse_error(e.message().to_string()))?;
         let mut errors = Vec::new();
         if config.instances == Some(0) {
             errors.push(format!("{origin}: instances must be at least 1"));

@@ -326,3 +326,45 @@ fn a_remote_registry_is_checked_as_a_whole() {
     .unwrap();
     assert_eq!(both.models.registry_store_url.as_deref(), Some("s3://b/p"));
 }
+
+#[test]
+fn server_batching_and_cache_defaults_fill_what_a_model_leaves_out() {
+    let defaults = Config::parse(
+        "[batching]\nmax_queue_delay_us = 250\nmax_queue_size = 7\n[cache]\nmax_bytes = 1000\nttl_ms = 60000\n",
+        "server",
+    )
+    .unwrap()
+    .model_defaults();
+    let model = ModelConfig::parse_with(
+        "max_batch_size = 8\n[dynamic_batching]\nmax_queue_delay_us = 100\n[response_cache]\n",
+        "m",
+        &defaults,
+    )
+    .unwrap();
+    let batching = model.batching().unwrap();
+    assert_eq!(
+        batching.max_queue_delay_us, 100,
+        "the model's own value wins"
+    );
+    assert_eq!(
+        batching.max_queue_size, 7,
+        "the server default fills the gap"
+    );
+    assert_eq!(
+        batching.priority_levels, 1,
+        "the built-in default otherwise"
+    );
+    let cache = model.response_cache.unwrap();
+    assert_eq!((cache.max_bytes, cache.ttl_ms), (1000, Some(60000)));
+    // Defaults do not turn anything on.
+    let plain = ModelConfig::parse_with("max_batch_size = 8\n", "m", &defaults).unwrap();
+    assert!(plain.dynamic_batching.is_none() && plain.response_cache.is_none());
+    // Invalid defaults are reported with the rest of the server's configuration.
+    let Err(ConfigError::Invalid(errors)) = Config::parse(
+        "[batching]\nmax_queue_size = 0\n[cache]\nmax_bytes = 0\n[server]\nmax_body_bytes = 0\n",
+        "server",
+    ) else {
+        panic!("invalid defaults accepted")
+    };
+    assert_eq!(errors.len(), 3, "{errors:?}");
+}

@@ -173,7 +173,8 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
     let runtime = OrtRuntime::init(&library)?;
     tracing::info!(library = %library.display(), "onnx runtime loaded");
-    let mut repository = Repository::new(root, Some(runtime), config.runtime.clone());
+    let mut repository = Repository::new(root, Some(runtime), config.runtime.clone())
+        .with_model_defaults(config.model_defaults());
     if let Some(registry) = registry {
         repository = repository.with_registry(registry);
     }

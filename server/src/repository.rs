@@ -82,6 +82,8 @@ pub struct Repository {
     registry: Option<Arc<Registry>>,
     runtime: Option<OrtRuntime>,
     defaults: RuntimeConfig,
+    /// What models' `[dynamic_batching]` and `[response_cache]` sections leave out.
+    model_defaults: infergate_config::ModelDefaults,
     models: ArcSwap<BTreeMap<String, Entry>>,
     /// Serializes load/unload so two management calls cannot interleave.
     control: tokio::sync::Mutex<()>,
@@ -107,9 +109,16 @@ impl Repository {
             registry: None,
             runtime,
             defaults,
+            model_defaults: infergate_config::ModelDefaults::default(),
             models: ArcSwap::from_pointee(BTreeMap::new()),
             control: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// The server's `[batching]` and `[cache]` defaults for models of the repository folder.
+    pub fn with_model_defaults(mut self, defaults: infergate_config::ModelDefaults) -> Self {
+        self.model_defaults = defaults;
+        self
     }
 
     /// Also serves the models of `registry`.
@@ -164,6 +173,7 @@ impl Repository {
         }
         let runtime = self.runtime.clone();
         let defaults = self.defaults.clone();
+        let model_defaults = self.model_defaults.clone();
         let owned = name.to_string();
         let entry = match self
             .root
@@ -175,7 +185,7 @@ impl Repository {
                 let runtime = runtime
                     .ok_or_else(|| ServeError::internal("onnx runtime is not initialized"))?;
                 tokio::task::spawn_blocking(move || {
-                    load_model_dir(&runtime, &defaults, &owned, &dir)
+                    load_model_dir(&runtime, (&defaults, &model_defaults), &owned, &dir)
                 })
                 .await
             }
@@ -481,9 +491,14 @@ fn list_model_dirs(root: &Path) -> Result<Vec<String>, ServeError> {
 }
 
 /// Blocking: reads the model's config and loads every version its policy selects.
-fn load_model_dir(runtime: &OrtRuntime, defaults: &RuntimeConfig, name: &str, dir: &Path) -> Entry {
+fn load_model_dir(
+    runtime: &OrtRuntime,
+    (defaults, model_defaults): (&RuntimeConfig, &infergate_config::ModelDefaults),
+    name: &str,
+    dir: &Path,
+) -> Entry {
     let mut entry = Entry::default();
-    let config = match ModelConfig::load(&dir.join(CONFIG_FILE)) {
+    let config = match ModelConfig::load_with(&dir.join(CONFIG_FILE), model_defaults) {
         Ok(config) => config,
         Err(e) => {
             entry.failures.insert(None, e.to_string());

@@ -149,7 +149,10 @@ pub fn model_config(target: &ModelVersion) -> pb::ModelConfig {
             count: target.instances as i32,
             kind: pb::model_instance_group::Kind::Cpu as i32,
         }],
-        dynamic_batching: None,
+        dynamic_batching: target.config.batching().map(|b| pb::ModelDynamicBatching {
+            preferred_batch_size: b.preferred_batch_sizes.iter().map(|&n| n as i32).collect(),
+            max_queue_delay_microseconds: b.max_queue_delay_us,
+        }),
     }
 }
 

@@ -217,7 +217,7 @@ fn config_json(c: &pb::ModelConfig) -> Value {
         }
         _ => json!({"all": {}}),
     };
-    json!({
+    let mut config = json!({
         "name": c.name,
         "platform": c.platform,
         "backend": c.backend,
@@ -226,7 +226,14 @@ fn config_json(c: &pb::ModelConfig) -> Value {
         "input": c.input.iter().map(|i| json!({"name": i.name, "data_type": dtype_name(i.data_type), "format": "FORMAT_NONE", "dims": i.dims})).collect::<Vec<_>>(),
         "output": c.output.iter().map(|o| json!({"name": o.name, "data_type": dtype_name(o.data_type), "dims": o.dims})).collect::<Vec<_>>(),
         "instance_group": c.instance_group.iter().map(|g| json!({"name": g.name, "kind": "KIND_CPU", "count": g.count})).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(b) = &c.dynamic_batching {
+        config["dynamic_batching"] = json!({
+            "preferred_batch_size": b.preferred_batch_size,
+            "max_queue_delay_microseconds": b.max_queue_delay_microseconds,
+        });
+    }
+    config
 }
 
 fn duration_json(d: Option<pb::StatisticDuration>) -> Value {

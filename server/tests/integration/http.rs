@@ -4,7 +4,11 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, direct_ort_f32, f32s, raw_sample, repo_dir, split_binary};
+use crate::common::{
+    TestServer, direct_ort_f32, f32s, loopback_config, ort_runtime, raw_sample, repo_dir,
+    split_binary,
+};
+use infergate_server::repository::Repository;
 
 const ROWS: [[f32; 4]; 3] = [
     [5.1, 3.5, 1.4, 0.2],
@@ -530,5 +534,51 @@ async fn metrics_count_requests_by_outcome() {
         s.http.get(s.url("/metrics")).send().await.unwrap().status(),
         404
     );
+    s.stop().await;
+}
+
+/// The server's `[batching]` defaults reach a model that turns batching on without settings,
+/// and the model config (Triton's shape) shows the batching in force.
+#[tokio::test]
+async fn server_batching_defaults_reach_models_and_show_in_their_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("iris_mlp");
+    std::fs::create_dir_all(model.join("1")).unwrap();
+    std::fs::copy(
+        repo_dir().join("iris_mlp/1/model.onnx"),
+        model.join("1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        model.join("config.toml"),
+        "max_batch_size = 64\n[dynamic_batching]\npreferred_batch_sizes = [8]\n",
+    )
+    .unwrap();
+    let mut config = loopback_config();
+    config.models.repository = Some(dir.path().to_path_buf());
+    config.batching.max_queue_delay_us = 250;
+    let repository = std::sync::Arc::new(
+        Repository::new(
+            config.models.repository.clone(),
+            Some(ort_runtime()),
+            config.runtime.clone(),
+        )
+        .with_model_defaults(config.model_defaults()),
+    );
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, repository).await;
+    let (status, c) = s.get_json("/v2/models/iris_mlp/config").await;
+    assert_eq!(status, 200, "{c}");
+    assert_eq!(
+        c["dynamic_batching"],
+        json!({"preferred_batch_size": [8], "max_queue_delay_microseconds": 250})
+    );
+    let (_, plain) = s.get_json("/v2/models/iris_mlp/versions/1/config").await;
+    assert_eq!(plain["max_batch_size"], 64);
+    s.stop().await;
+    // A model without batching shows none.
+    let s = TestServer::start().await;
+    let (_, c) = s.get_json("/v2/models/iris_mlp/config").await;
+    assert!(c.get("dynamic_batching").is_none(), "{c}");
     s.stop().await;
 }
