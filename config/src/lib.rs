@@ -205,6 +205,10 @@ pub struct ModelsConfig {
     /// How often the server checks the registry for new versions and moved aliases (hot
     /// swap), in milliseconds; 0 turns following off.
     pub registry_poll_ms: u64,
+    /// Which registry versions serve: `all` (every version, by number) or `aliased` (only
+    /// versions an alias names; when an alias moves away from a version, the version is
+    /// dropped once its in-flight requests finish, and its memory is freed).
+    pub registry_versions: RegistryVersions,
     /// The registry's metadata in PostgreSQL instead of `<registry>/registry.db`:
     /// `postgres://user:password@host:port/database`. Every server and registry client given
     /// the same database shares one registry and follows the same aliases.
@@ -224,11 +228,25 @@ impl Default for ModelsConfig {
             repository: None,
             registry: None,
             registry_poll_ms: 2000,
+            registry_versions: RegistryVersions::All,
             registry_database_url: None,
             registry_store_url: None,
             registry_store_options: Default::default(),
         }
     }
+}
+
+/// Which registry versions a server loads.
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, schemars::JsonSchema, PartialEq, Eq, Default,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RegistryVersions {
+    /// Every version, each by number.
+    #[default]
+    All,
+    /// Only versions that an alias names (and the current default).
+    Aliased,
 }
 
 /// Execution defaults for every model.
@@ -243,6 +261,10 @@ pub struct RuntimeConfig {
     pub intra_op_threads: usize,
     /// Capacity of each model version's request channel; a full channel answers 503.
     pub queue_capacity: usize,
+    /// Model weights loaded at once, in bytes, counted as the serving artifacts' sizes across
+    /// every model and version; a load that would go over it fails (the reason is in the
+    /// repository index) and leaves what serves untouched. 0 = no budget.
+    pub memory_budget_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -252,6 +274,7 @@ impl Default for RuntimeConfig {
             instances: 1,
             intra_op_threads: 0,
             queue_capacity: 1024,
+            memory_budget_bytes: 0,
         }
     }
 }

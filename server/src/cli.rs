@@ -174,7 +174,8 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     let runtime = OrtRuntime::init(&library)?;
     tracing::info!(library = %library.display(), "onnx runtime loaded");
     let mut repository = Repository::new(root, Some(runtime), config.runtime.clone())
-        .with_model_defaults(config.model_defaults());
+        .with_model_defaults(config.model_defaults())
+        .with_registry_versions(config.models.registry_versions);
     if let Some(registry) = registry {
         repository = repository.with_registry(registry);
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use infergate_config::{ModelConfig, RuntimeConfig};
+use infergate_config::{ModelConfig, RegistryVersions, RuntimeConfig};
 use infergate_registry::{Registry, VersionRecord};
 use infergate_runtime::candle::{Arch, CandleFactory};
 use infergate_runtime::ort::OrtRuntime;
@@ -48,6 +48,86 @@ pub struct ModelVersion {
     /// Served in model metadata (gRPC `properties`, HTTP `parameters`): the artifact digest
     /// and, for registry versions, lineage, aliases and metrics.
     pub properties: BTreeMap<String, String>,
+    /// Size of the serving artifact: what this version counts against
+    /// `runtime.memory_budget_bytes`.
+    pub weight_bytes: u64,
+    /// Input shapes recently served under this model name, shared by the versions that
+    /// succeed one another, for warming up the next.
+    pub recent_shapes: Arc<ShapeLog>,
+    /// The input shapes this version was warmed up with before it served.
+    pub warmed_with: Vec<InputShapes>,
+}
+
+/// The shapes of one request's inputs, by input name.
+pub type InputShapes = Vec<(String, Vec<i64>)>;
+
+/// Distinct input shapes recently seen by a model: a sample of requests (one in
+/// [`ShapeLog::EVERY`]) is recorded, at most [`ShapeLog::KEEP`] shapes, newest last.
+#[derive(Debug, Default)]
+pub struct ShapeLog {
+    seen: std::sync::atomic::AtomicU64,
+    shapes: std::sync::Mutex<std::collections::VecDeque<InputShapes>>,
+}
+
+impl ShapeLog {
+    /// Requests per recorded one: the hot path pays for a lock only this rarely.
+    pub const EVERY: u64 = 16;
+    /// Distinct shapes kept.
+    pub const KEEP: usize = 8;
+
+    /// Notes the input shapes of a request that passed validation (sampled).
+    pub fn record(&self, inputs: &[infergate_runtime::NamedTensor]) {
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % Self::EVERY != 0 {
+            return;
+        }
+        let shape: InputShapes = inputs
+            .iter()
+            .map(|i| (i.name.to_string(), i.tensor.shape().to_vec()))
+            .collect();
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = shapes.iter().position(|s| *s == shape) {
+            shapes.remove(at);
+        } else if shapes.len() == Self::KEEP {
+            shapes.pop_front();
+        }
+        shapes.push_back(shape);
+    }
+
+    /// The recorded shapes, oldest first.
+    pub fn shapes(&self) -> Vec<InputShapes> {
+        self.shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
+
+/// What is left of `runtime.memory_budget_bytes` for a load.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    /// None: no budget.
+    free: Option<u64>,
+    total: u64,
+}
+
+impl Budget {
+    /// Reserves `bytes` for `what`, or says why they do not fit.
+    fn take(&mut self, what: &str, bytes: u64) -> Result<(), String> {
+        let Some(free) = self.free else {
+            return Ok(());
+        };
+        if bytes > free {
+            return Err(format!(
+                "memory budget: {what} needs {bytes} bytes, and only {free} of runtime.memory_budget_bytes ({}) are free",
+                self.total
+            ));
+        }
+        self.free = Some(free - bytes);
+        Ok(())
+    }
 }
 
 /// A version's state for the repository index.
@@ -84,6 +164,8 @@ pub struct Repository {
     defaults: RuntimeConfig,
     /// What models' `[dynamic_batching]` and `[response_cache]` sections leave out.
     model_defaults: infergate_config::ModelDefaults,
+    /// Which registry versions serve.
+    registry_versions: RegistryVersions,
     models: ArcSwap<BTreeMap<String, Entry>>,
     /// Serializes load/unload so two management calls cannot interleave.
     control: tokio::sync::Mutex<()>,
@@ -110,6 +192,7 @@ impl Repository {
             runtime,
             defaults,
             model_defaults: infergate_config::ModelDefaults::default(),
+            registry_versions: RegistryVersions::All,
             models: ArcSwap::from_pointee(BTreeMap::new()),
             control: tokio::sync::Mutex::new(()),
         }
@@ -118,6 +201,12 @@ impl Repository {
     /// The server's `[batching]` and `[cache]` defaults for models of the repository folder.
     pub fn with_model_defaults(mut self, defaults: infergate_config::ModelDefaults) -> Self {
         self.model_defaults = defaults;
+        self
+    }
+
+    /// Which registry versions serve (`models.registry_versions`).
+    pub fn with_registry_versions(mut self, which: RegistryVersions) -> Self {
+        self.registry_versions = which;
         self
     }
 
@@ -143,6 +232,26 @@ impl Repository {
             }
         }
         Ok(self.models.load().values().map(|e| e.versions.len()).sum())
+    }
+
+    /// The memory budget left with every loaded version counted, except those of `replacing`.
+    fn budget(&self, replacing: Option<&str>) -> Budget {
+        let total = self.defaults.memory_budget_bytes;
+        if total == 0 {
+            return Budget { free: None, total };
+        }
+        let used: u64 = self
+            .models
+            .load()
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != replacing)
+            .flat_map(|(_, e)| e.versions.values())
+            .map(|v| v.weight_bytes)
+            .sum();
+        Budget {
+            free: Some(total.saturating_sub(used)),
+            total,
+        }
     }
 
     /// Names of the registry's models (none without a registry or when it cannot be read).
@@ -174,6 +283,8 @@ impl Repository {
         let runtime = self.runtime.clone();
         let defaults = self.defaults.clone();
         let model_defaults = self.model_defaults.clone();
+        // The model's current versions give their share back: a reload replaces them.
+        let mut budget = self.budget(Some(name));
         let owned = name.to_string();
         let entry = match self
             .root
@@ -185,14 +296,25 @@ impl Repository {
                 let runtime = runtime
                     .ok_or_else(|| ServeError::internal("onnx runtime is not initialized"))?;
                 tokio::task::spawn_blocking(move || {
-                    load_model_dir(&runtime, (&defaults, &model_defaults), &owned, &dir)
+                    load_model_dir(
+                        &runtime,
+                        (&defaults, &model_defaults, &mut budget),
+                        &owned,
+                        &dir,
+                    )
                 })
                 .await
             }
             None if self.registry_models().iter().any(|m| m == name) => {
                 let registry = Arc::clone(self.registry.as_ref().expect("listed models"));
+                let which = self.registry_versions;
                 tokio::task::spawn_blocking(move || {
-                    load_registry_model(&registry, runtime.as_ref(), &defaults, &owned)
+                    load_registry_model(
+                        (&registry, which),
+                        runtime.as_ref(),
+                        (&defaults, &mut budget),
+                        &owned,
+                    )
                 })
                 .await
             }
@@ -457,6 +579,9 @@ fn new_version(
             .map(|c| ResponseCache::new(c, digest.clone())),
         batcher: OnceLock::new(),
         properties: BTreeMap::from([("artifact_digest".to_string(), digest.clone())]),
+        weight_bytes: 0,
+        recent_shapes: Arc::default(),
+        warmed_with: Vec::new(),
         digest,
         admission,
         config,
@@ -493,7 +618,11 @@ fn list_model_dirs(root: &Path) -> Result<Vec<String>, ServeError> {
 /// Blocking: reads the model's config and loads every version its policy selects.
 fn load_model_dir(
     runtime: &OrtRuntime,
-    (defaults, model_defaults): (&RuntimeConfig, &infergate_config::ModelDefaults),
+    (defaults, model_defaults, budget): (
+        &RuntimeConfig,
+        &infergate_config::ModelDefaults,
+        &mut Budget,
+    ),
     name: &str,
     dir: &Path,
 ) -> Entry {
@@ -525,6 +654,12 @@ fn load_model_dir(
     let admission = admission_for(&config);
     for version in selected {
         let path = dir.join(version.to_string()).join(MODEL_FILE);
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if let Err(why) = budget.take(&format!("{name} version {version}"), size) {
+            tracing::error!(model = %name, version, reason = %why, "model version not loaded");
+            entry.failures.insert(Some(version), why);
+            continue;
+        }
         let digest = match infergate_registry::sha256_file(&path) {
             Ok(d) => format!("sha256:{d}"),
             Err(e) => {
@@ -545,7 +680,7 @@ fn load_model_dir(
         });
         match started {
             Ok(model) => {
-                let loaded = new_version(
+                let mut loaded = new_version(
                     name,
                     version,
                     model,
@@ -554,6 +689,7 @@ fn load_model_dir(
                     digest,
                     admission.clone(),
                 );
+                loaded.weight_bytes = size;
                 entry.versions.insert(version, Arc::new(loaded));
             }
             Err(e) => {
@@ -568,13 +704,13 @@ fn load_model_dir(
 /// Blocking: loads every version of a registry model, each artifact verified against its
 /// digest; the `production` alias (else the newest) is the default version.
 fn load_registry_model(
-    registry: &Registry,
+    (registry, which): (&Registry, RegistryVersions),
     runtime: Option<&OrtRuntime>,
-    defaults: &RuntimeConfig,
+    (defaults, budget): (&RuntimeConfig, &mut Budget),
     name: &str,
 ) -> Entry {
     let mut entry = Entry::default();
-    let (records, aliases) = match registry_state(registry, name) {
+    let (records, aliases) = match registry_state(registry, name, which) {
         Ok(found) => found,
         Err(e) => {
             entry.failures.insert(None, e);
@@ -583,7 +719,7 @@ fn load_registry_model(
     };
     for record in &records {
         let version = u64::from(record.version);
-        match load_registry_version(registry, runtime, defaults, record) {
+        match load_registry_version(registry, runtime, (defaults, budget), record) {
             Ok(loaded) => {
                 entry.versions.insert(version, Arc::new(loaded));
             }
@@ -596,15 +732,25 @@ fn load_registry_model(
     entry
 }
 
-/// A model's versions and aliases in the registry.
+/// A model's versions that should serve (all, or those an alias names: with none, the newest)
+/// and its aliases.
 fn registry_state(
     registry: &Registry,
     name: &str,
+    which: RegistryVersions,
 ) -> Result<(Vec<VersionRecord>, BTreeMap<String, u32>), String> {
-    registry
+    let (mut records, aliases) = registry
         .versions(name)
         .and_then(|v| Ok((v, registry.aliases(name)?)))
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    if which == RegistryVersions::Aliased {
+        let newest = records.iter().map(|r| r.version).max();
+        records.retain(|r| {
+            aliases.values().any(|&v| v == r.version)
+                || (aliases.is_empty() && Some(r.version) == newest)
+        });
+    }
+    Ok((records, aliases))
 }
 
 impl Entry {
@@ -665,10 +811,16 @@ fn names(sig: &infergate_runtime::Signature) -> (Vec<String>, Vec<String>) {
 fn load_registry_version(
     registry: &Registry,
     runtime: Option<&OrtRuntime>,
-    defaults: &RuntimeConfig,
+    (defaults, budget): (&RuntimeConfig, &mut Budget),
     record: &VersionRecord,
 ) -> Result<ModelVersion, String> {
     let version = u64::from(record.version);
+    let size = record.serving_artifact().map_or(0, |a| a.size);
+    budget
+        .take(&format!("{} version {version}", record.model), size)
+        .inspect_err(|why| {
+            tracing::error!(model = %record.model, version, reason = %why, "registry version not loaded");
+        })?;
     let model = start_registry_version(registry, runtime, defaults, record).inspect_err(|e| {
         tracing::error!(model = %record.model, version, error = %e, "registry version failed to load");
     })?;
@@ -686,37 +838,63 @@ fn load_registry_version(
         None,
     );
     loaded.properties.extend(registry_properties(record));
+    loaded.weight_bytes = size;
     Ok(loaded)
 }
 
-/// Runs one request of zeros (batch 1) through a new version so its first real request does
-/// not pay for lazy initialization. Models with BYTES inputs are not warmed up.
-async fn warm_up(version: &ModelVersion) -> Result<(), String> {
-    let mut inputs = Vec::new();
-    for spec in &version.model.signature().inputs {
-        let Some(size) = spec.dtype.size() else {
-            return Ok(());
-        };
-        let shape: Vec<i64> = spec.shape.iter().map(|&d| d.max(1)).collect();
-        let count = shape.iter().product::<i64>() as usize;
-        let tensor = infergate_runtime::Tensor::from_raw(
-            spec.dtype,
-            shape,
-            bytes::Bytes::from(vec![0u8; count * size]),
-        )
-        .map_err(|e| e.to_string())?;
-        inputs.push(infergate_runtime::NamedTensor::new(
-            spec.name.as_str(),
-            tensor,
-        ));
+/// Runs requests of zeros through a new version so its first real requests do not pay for
+/// lazy initialization: one per shape `recent` recorded that fits the version's signature
+/// (what clients actually send, batch sizes included), else one of batch 1. Models with BYTES
+/// inputs are not warmed up. Returns the shapes used.
+async fn warm_up(
+    version: &ModelVersion,
+    recent: &[InputShapes],
+) -> Result<Vec<InputShapes>, String> {
+    let signature = version.model.signature();
+    if signature.inputs.iter().any(|s| s.dtype.size().is_none()) {
+        return Ok(Vec::new());
     }
-    version
-        .model
-        .infer(inputs)
-        .map_err(|e| e.to_string())?
-        .await
-        .map(|_| ())
-        .map_err(|e| format!("warm-up failed: {e}"))
+    let fits = |shape: &[(String, Vec<i64>)]| {
+        shape.len() == signature.inputs.len()
+            && shape.iter().all(|(name, dims)| {
+                signature.input(name).is_some_and(|spec| {
+                    dims.len() == spec.shape.len()
+                        && dims.iter().zip(&spec.shape).all(|(&d, &w)| w < 0 || d == w)
+                })
+            })
+    };
+    let mut shapes: Vec<InputShapes> = recent.iter().filter(|s| fits(s)).cloned().collect();
+    if shapes.is_empty() {
+        shapes.push(
+            signature
+                .inputs
+                .iter()
+                .map(|s| (s.name.clone(), s.shape.iter().map(|&d| d.max(1)).collect()))
+                .collect(),
+        );
+    }
+    for shape in &shapes {
+        let mut inputs = Vec::new();
+        for (name, dims) in shape {
+            let spec = signature.input(name).expect("checked by fits");
+            let count = dims.iter().product::<i64>().max(0) as usize;
+            let size = spec.dtype.size().expect("fixed-size inputs only");
+            let tensor = infergate_runtime::Tensor::from_raw(
+                spec.dtype,
+                dims.clone(),
+                bytes::Bytes::from(vec![0u8; count * size]),
+            )
+            .map_err(|e| e.to_string())?;
+            inputs.push(infergate_runtime::NamedTensor::new(name.as_str(), tensor));
+        }
+        version
+            .model
+            .infer(inputs)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("warm-up failed: {e}"))?;
+    }
+    Ok(shapes)
 }
 
 impl Repository {
@@ -732,12 +910,13 @@ impl Repository {
         };
         let _guard = self.control.lock().await;
         let reader = Arc::clone(&registry);
+        let which = self.registry_versions;
         let snapshot = tokio::task::spawn_blocking(move || {
             reader.models().map(|models| {
                 models
                     .into_iter()
                     .map(|m| {
-                        let state = registry_state(&reader, &m.name);
+                        let state = registry_state(&reader, &m.name, which);
                         (m.name, state)
                     })
                     .collect::<Vec<_>>()
@@ -761,6 +940,8 @@ impl Repository {
             if current.unloaded {
                 continue; // unloaded on purpose: a management load brings it back
             }
+            let wanted: std::collections::BTreeSet<u64> =
+                records.iter().map(|r| u64::from(r.version)).collect();
             let new: Vec<VersionRecord> = records
                 .into_iter()
                 .filter(|r| {
@@ -776,12 +957,18 @@ impl Repository {
                 self.defaults.clone(),
                 Arc::clone(&registry),
             );
+            let mut budget = self.budget(None);
             let started = tokio::task::spawn_blocking(move || {
                 new.iter()
                     .map(|r| {
                         (
                             u64::from(r.version),
-                            load_registry_version(&reader, runtime.as_ref(), &defaults, r),
+                            load_registry_version(
+                                &reader,
+                                runtime.as_ref(),
+                                (&defaults, &mut budget),
+                                r,
+                            ),
                         )
                     })
                     .collect::<Vec<_>>()
@@ -791,7 +978,24 @@ impl Repository {
             let mut entry = current.clone();
             for (version, result) in started {
                 let result = match result {
-                    Ok(loaded) => warm_up(&loaded).await.map(|()| loaded),
+                    Ok(mut loaded) => {
+                        // The new version inherits the model's shape log, so the next one
+                        // warms up with what clients sent to this one too.
+                        if let Some(log) = current
+                            .default_version
+                            .and_then(|v| current.versions.get(&v))
+                            .map(|v| Arc::clone(&v.recent_shapes))
+                        {
+                            loaded.recent_shapes = log;
+                        }
+                        match warm_up(&loaded, &loaded.recent_shapes.shapes()).await {
+                            Ok(shapes) => {
+                                loaded.warmed_with = shapes;
+                                Ok(loaded)
+                            }
+                            Err(e) => Err(e),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 match result {
@@ -809,6 +1013,32 @@ impl Repository {
             entry.set_aliases(&name, aliases);
             if entry.default_version != before {
                 tracing::info!(model = %name, from = ?before, to = ?entry.default_version, "default version swapped");
+            }
+            if self.registry_versions == RegistryVersions::Aliased {
+                // Versions no alias names any more stop serving; requests already holding them
+                // finish, and the last reference frees the sessions. The default and a pin
+                // stay until something replaces them.
+                let keep = |v: &u64| {
+                    wanted.contains(v)
+                        || entry.default_version == Some(*v)
+                        || entry.pinned == Some(*v)
+                };
+                let dropped: Vec<u64> = entry
+                    .versions
+                    .keys()
+                    .copied()
+                    .filter(|v| !keep(v))
+                    .collect();
+                for v in &dropped {
+                    entry.versions.remove(v);
+                    entry.not_default.remove(v);
+                }
+                entry
+                    .failures
+                    .retain(|v, _| v.is_none_or(|v| wanted.contains(&v)));
+                if !dropped.is_empty() {
+                    tracing::info!(model = %name, versions = ?dropped, "versions no alias names were dropped");
+                }
             }
             self.models.rcu(|models| {
                 let mut models = BTreeMap::clone(models);
@@ -943,4 +1173,39 @@ fn registry_properties(record: &VersionRecord) -> BTreeMap<String, String> {
         props.insert("description".to_string(), record.description.clone());
     }
     props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShapeLog;
+    use infergate_runtime::{DataType, NamedTensor, Tensor};
+
+    fn request(rows: i64) -> Vec<NamedTensor> {
+        let tensor = Tensor::from_raw(
+            DataType::Fp32,
+            vec![rows, 4],
+            bytes::Bytes::from(vec![0u8; rows as usize * 16]),
+        )
+        .unwrap();
+        vec![NamedTensor::new("input", tensor)]
+    }
+
+    #[test]
+    fn the_shape_log_samples_keeps_distinct_shapes_and_forgets_the_oldest() {
+        let log = ShapeLog::default();
+        // One request in EVERY is recorded: the first of each run of 16 here.
+        for rows in 1..=10 {
+            for _ in 0..ShapeLog::EVERY {
+                log.record(&request(rows));
+            }
+        }
+        let rows: Vec<i64> = log.shapes().iter().map(|s| s[0].1[0]).collect();
+        assert_eq!(rows, (3..=10).collect::<Vec<_>>(), "the newest KEEP shapes");
+        // Seeing a known shape again moves it to the newest end instead of duplicating it.
+        for _ in 0..ShapeLog::EVERY {
+            log.record(&request(4));
+        }
+        let rows: Vec<i64> = log.shapes().iter().map(|s| s[0].1[0]).collect();
+        assert_eq!(rows, vec![3, 5, 6, 7, 8, 9, 10, 4]);
+    }
 }

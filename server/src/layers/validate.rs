@@ -49,7 +49,10 @@ where
             .into())));
         };
         match check(&req, target) {
-            Ok(()) => Either::Right(self.inner.call(req)),
+            Ok(()) => {
+                target.recent_shapes.record(&req.inputs);
+                Either::Right(self.inner.call(req))
+            }
             Err(e) => Either::Left(ready(Err(e.into()))),
         }
     }

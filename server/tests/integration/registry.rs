@@ -516,3 +516,147 @@ async fn replicas_follow_one_registry_in_postgres_and_object_storage() {
         s.stop().await;
     }
 }
+
+/// `runtime.memory_budget_bytes`: a version that would go over it is not loaded, says why in
+/// the index, and what already serves keeps serving.
+#[tokio::test]
+async fn loads_over_the_memory_budget_fail_and_leave_what_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    let v1 = reg
+        .import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "ci")
+        .unwrap();
+    reg.set_alias("iris", "production", 1, "ci").unwrap();
+    let size1 = v1.artifacts[0].size;
+    let mut config = loopback_config();
+    config.models.registry = Some(dir.path().to_path_buf());
+    config.models.registry_poll_ms = 50;
+    // Room for version 1 and a little more, not for a second model file.
+    config.runtime.memory_budget_bytes = size1 + 100;
+    let repository = Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+        .with_registry(Arc::new(Registry::open(dir.path()).unwrap()));
+    let repository = Arc::new(repository);
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, repository).await;
+
+    let v2 = reg
+        .import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "ci")
+        .unwrap();
+    reg.set_alias("iris", "production", 2, "ci").unwrap();
+    let row = index_row(&s, "iris", "2", std::time::Duration::from_secs(5)).await;
+    assert_eq!(row["state"], "UNAVAILABLE", "{row}");
+    let reason = row["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "memory budget: iris version 2 needs {} bytes, and only 100 of runtime.memory_budget_bytes ({}) are free",
+            v2.artifacts[0].size,
+            size1 + 100
+        )),
+        "{reason}"
+    );
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let (status, out) = s.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!(
+        (status, out["model_version"].as_str()),
+        (200, Some("1")),
+        "{out}"
+    );
+    s.stop().await;
+}
+
+/// `models.registry_versions = "aliased"`: only versions an alias names serve; when
+/// `production` moves, the new version takes over and the old one is dropped, its last
+/// reference released, once nothing uses it.
+#[tokio::test]
+async fn aliased_registry_versions_drop_the_old_version_after_a_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    for v in ["1", "2"] {
+        reg.import(
+            "iris",
+            &repo_dir().join(format!("iris_mlp/{v}/model.onnx")),
+            "ci",
+        )
+        .unwrap();
+    }
+    reg.set_alias("iris", "production", 1, "ci").unwrap();
+    let mut config = loopback_config();
+    config.models.registry_poll_ms = 50;
+    let repository = Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+        .with_registry(Arc::new(Registry::open(dir.path()).unwrap()))
+        .with_registry_versions(infergate_config::RegistryVersions::Aliased);
+    let repository = Arc::new(repository);
+    repository.load_all().await.unwrap();
+    let old = Arc::downgrade(&repository.resolve("iris", Some("1")).unwrap());
+    assert!(
+        repository.resolve("iris", Some("2")).is_err(),
+        "version 2 has no alias and must not be loaded"
+    );
+    let s = TestServer::serve(config, Arc::clone(&repository)).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    let (status, out) = s.post_json("/v2/models/iris/infer", &body).await;
+    assert_eq!((status, out["model_version"].as_str()), (200, Some("1")));
+
+    reg.set_alias("iris", "production", 2, "ci").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, out) = s.post_json("/v2/models/iris/infer", &body).await;
+        assert_eq!(status, 200, "{out}");
+        if out["model_version"] == "2" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "production never moved"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, _) = s.post_json("/v2/models/iris/versions/1/infer", &body).await;
+    assert_eq!(status, 404, "version 1 no longer serves");
+    assert!(
+        old.upgrade().is_none(),
+        "the old version is still referenced after the swap"
+    );
+    s.stop().await;
+}
+
+/// A version swapped in is warmed up with the input shapes clients recently sent to the
+/// model (batch sizes included), not only with a batch of one.
+#[tokio::test]
+async fn a_new_version_is_warmed_up_with_recently_seen_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.import("iris", &repo_dir().join("iris_mlp/1/model.onnx"), "ci")
+        .unwrap();
+    reg.set_alias("iris", "production", 1, "ci").unwrap();
+    let mut config = loopback_config();
+    config.models.registry_poll_ms = 50;
+    let repository = Arc::new(
+        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+            .with_registry(Arc::new(Registry::open(dir.path()).unwrap())),
+    );
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, Arc::clone(&repository)).await;
+    for rows in [5usize, 1] {
+        let body = json!({"inputs": [{"name": "input", "shape": [rows, 4], "datatype": "FP32", "data": vec![0.5f32; rows * 4]}]});
+        for _ in 0..40 {
+            assert_eq!(s.post_json("/v2/models/iris/infer", &body).await.0, 200);
+        }
+    }
+    reg.import("iris", &repo_dir().join("iris_mlp/2/model.onnx"), "ci")
+        .unwrap();
+    reg.set_alias("iris", "production", 2, "ci").unwrap();
+    index_row(&s, "iris", "2", std::time::Duration::from_secs(5)).await;
+    let v2 = repository.resolve("iris", Some("2")).unwrap();
+    let shapes: Vec<Vec<i64>> = v2
+        .warmed_with
+        .iter()
+        .map(|inputs| {
+            assert_eq!(inputs.len(), 1);
+            assert_eq!(inputs[0].0, "input");
+            inputs[0].1.clone()
+        })
+        .collect();
+    assert_eq!(shapes, vec![vec![5, 4], vec![1, 4]]);
+    s.stop().await;
+}
