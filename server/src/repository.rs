@@ -78,7 +78,7 @@ impl ShapeLog {
     /// Notes the input shapes of a request that passed validation (sampled).
     pub fn record(&self, inputs: &[infergate_runtime::NamedTensor]) {
         let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % Self::EVERY != 0 {
+        if !n.is_multiple_of(Self::EVERY) {
             return;
         }
         let shape: InputShapes = inputs
