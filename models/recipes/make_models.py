@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
 """Build the committed demo/test ONNX models in the Triton repository layout, and (with
---bench DIR) the benchmark fixtures mlp_small and mlp_large, which are too big to commit.
+--bench DIR) the benchmark fixtures mlp_small and mlp_large, which are too big to commit, or
+(with --shadow DIR) mlp_small and its slow twin for `make shadow-check`.
 
 Deterministic: the same onnx version and seeds give byte-identical files.
 Usage: make models   (or: python models/recipes/make_models.py models/repository)
        python models/recipes/make_models.py --bench .bench/models
+       python models/recipes/make_models.py --shadow .bench/shadow/models
 """
 import os
 import sys
@@ -151,9 +153,26 @@ def bench(repo):
     print(f"benchmark models written to {repo}")
 
 
+def shadow(repo):
+    """mlp_small and a slow twin with the same input and output (about fifty times the
+    arithmetic), one instance and one intra-op thread each: the shadow-traffic check."""
+    lean = "max_batch_size = 128\ninstances = 1\nintra_op_threads = 1\n"
+    for name, sizes, seed in [
+        ("mlp_small", [64, 256, 256, 10], 11),
+        ("mlp_small_slow", [64, 1536, 1536, 1536, 10], 13),
+    ]:
+        save(mlp(name, sizes, seed), repo, name, 1)
+        with open(os.path.join(repo, name, "config.toml"), "w") as f:
+            f.write(lean)
+    print(f"shadow-check models written to {repo}")
+
+
 def main():
     if len(sys.argv) == 3 and sys.argv[1] == "--bench":
         bench(sys.argv[2])
+        return
+    if len(sys.argv) == 3 and sys.argv[1] == "--shadow":
+        shadow(sys.argv[2])
         return
     repo = sys.argv[1] if len(sys.argv) > 1 else "models/repository"
     save(iris_mlp(seed=1, hidden=8), repo, "iris_mlp", 1)

@@ -30,6 +30,25 @@ fn tensor_meta(spec: &TensorSpec) -> pb::model_metadata_response::TensorMetadata
 }
 
 /// Model metadata; for a named version `versions` lists that one only.
+/// Metadata of a model, or of a route (its first variant's interface, under the route's name,
+/// with no versions: the route chooses them).
+pub fn metadata_or_route(
+    repo: &Repository,
+    routes: &crate::layers::route::Routes,
+    name: &str,
+    version: Option<&str>,
+) -> Result<pb::ModelMetadataResponse, ServeError> {
+    match routes.interface(name) {
+        Some((model, model_version)) if version.is_none() => {
+            let mut m = metadata(repo, &model, model_version.as_deref())?;
+            m.name = name.to_string();
+            m.versions = Vec::new();
+            Ok(m)
+        }
+        _ => metadata(repo, name, version),
+    }
+}
+
 pub fn metadata(
     repo: &Repository,
     name: &str,

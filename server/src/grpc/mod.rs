@@ -201,8 +201,9 @@ impl GrpcInferenceService for Inference {
         r: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = r.into_inner();
-        Ok(Response::new(views::metadata(
+        Ok(Response::new(views::metadata_or_route(
             &self.gateway.repository,
+            &self.gateway.routes.load(),
             &r.name,
             non_empty(&r.version),
         )?))

@@ -155,7 +155,13 @@ async fn server_metadata() -> Response {
 
 async fn model_metadata(State(g): State<Arc<Gateway>>, Path(p): Path<ModelPath>) -> Response {
     result(
-        views::metadata(&g.repository, &p.model, p.version.as_deref()).map(|m| metadata_json(&m)),
+        views::metadata_or_route(
+            &g.repository,
+            &g.routes.load(),
+            &p.model,
+            p.version.as_deref(),
+        )
+        .map(|m| metadata_json(&m)),
     )
 }
 

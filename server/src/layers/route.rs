@@ -257,6 +257,12 @@ impl Routes {
         self.routes.contains_key(name)
     }
 
+    /// The model (and version) whose interface a route presents: its first variant's.
+    pub fn interface(&self, name: &str) -> Option<(String, Option<String>)> {
+        let first = self.routes.get(name)?.variants.first()?;
+        Some((first.model.clone(), first.version.clone()))
+    }
+
     fn remember(&self, route: &str, id: String, variant: usize, classes: Vec<u32>) {
         let mut p = self.predictions.lock().unwrap_or_else(|e| e.into_inner());
         let key = (route.to_string(), id);

@@ -726,3 +726,30 @@ async fn canary_transitions_of_registry_models_are_audited_in_the_registry() {
     assert!(detail.contains("rolled back: p95 latency"), "{detail}");
     server.stop().await;
 }
+
+/// Clients ask a route for metadata before they call it (tritonclient does): the route
+/// answers with its first variant's interface under its own name, on both protocols.
+#[tokio::test]
+async fn a_route_has_the_metadata_of_its_interface() {
+    let server = TestServer::start_with(|c| c.routes = vec![ab_route()]).await;
+    let (status, meta) = server.get_json("/v2/models/iris-ab").await;
+    assert_eq!(status, 200, "{meta}");
+    let (_, model) = server.get_json("/v2/models/iris_mlp/versions/1").await;
+    assert_eq!(meta["name"], "iris-ab");
+    assert_eq!(meta["inputs"], model["inputs"]);
+    assert_eq!(meta["outputs"], model["outputs"]);
+    let grpc = server
+        .grpc()
+        .await
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "iris-ab".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(grpc.name, "iris-ab");
+    assert_eq!(grpc.inputs[0].shape, vec![-1, 4]);
+    assert_eq!(server.get_json("/v2/models/no-such-route").await.0, 404);
+    server.stop().await;
+}
