@@ -34,7 +34,7 @@ K8S_VERSION   := 1.33
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check soak fuzz lint-deploy services clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check shadow-check soak fuzz lint-deploy services clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -137,6 +137,9 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; corpus in f
 soak: ort ## 30 min (SOAK_DURATION=s) of mixed load, hot swaps and cache churn; RSS, fds, threads, p99 -> docs/reliability.md
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
 	./scripts/soak.sh
+
+shadow-check: ort venv ## primary p99 with 100% shadow traffic to a slow twin vs without -> docs/shadow-check.md
+	VENV_PY=$(VENV_PY) ./scripts/shadow_check.sh
 
 bench-tools: ## install oha into .tools/ (and Debian's wrk when apt-get is usable): make bench cross-checks against them
 	$(CARGO) install oha --root .tools --locked
