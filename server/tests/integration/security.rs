@@ -558,3 +558,37 @@ async fn health_probe_follows_readiness() {
         .unwrap_err();
     assert!(err.to_string().contains("cannot connect"), "{err}");
 }
+
+/// With model control off on the public gRPC port, load and unload are PERMISSION_DENIED for
+/// everyone (as HTTP's 403), not a prompt for a token; the attempt is still audited.
+#[tokio::test]
+async fn grpc_model_control_switched_off_is_permission_denied_token_or_not() {
+    let s = TestServer::start_with(|c| {
+        secured(c);
+        c.server.grpc_repository_control = false;
+    })
+    .await;
+    let mut c = s.grpc().await;
+    for bearer in [None, Some(ADMIN)] {
+        let err = c
+            .repository_model_unload(with_token(
+                pb::RepositoryModelUnloadRequest {
+                    model_name: "simple".into(),
+                    ..Default::default()
+                },
+                bearer,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    }
+    let audit = s.admin_get_json_as("/admin/audit", READ).await;
+    let outcomes: Vec<u64> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"].as_u64().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec![7, 7]);
+    s.stop().await;
+}
