@@ -27,6 +27,10 @@ pub struct ModelConfig {
     /// Refuse requests whose floating-point inputs hold NaN or ±infinity (400) instead of
     /// passing them to the model.
     pub reject_non_finite: bool,
+    /// Scheduling niceness of this model's worker threads, 0 to 19; 19 puts them in Linux's
+    /// idle scheduling class, where they run only on CPU nothing else wants (for shadow
+    /// models: see docs/shadow-check.md).
+    pub nice: i32,
 }
 
 /// Triton-style dynamic batching settings.
@@ -252,6 +256,9 @@ impl ModelConfig {
         let config = Self::deserialize(toml::Value::Table(table))
             .map_err(|e| parse_error(e.message().to_string()))?;
         let mut errors = Vec::new();
+        if !(0..=19).contains(&config.nice) {
+            errors.push(format!("{origin}: nice must be between 0 and 19"));
+        }
         if config.instances == Some(0) {
             errors.push(format!("{origin}: instances must be at least 1"));
         }

@@ -20,6 +20,10 @@ pub struct ModelOptions {
     pub instances: usize,
     /// Capacity of the request channel shared by the workers.
     pub queue_capacity: usize,
+    /// Scheduling niceness of the worker threads (and of the backend's own threads, which
+    /// inherit it), 0 to 19; 19 also moves them to the idle scheduling class, where they run
+    /// only on CPU nothing else wants (Linux; ignored elsewhere).
+    pub nice: i32,
 }
 
 /// The outputs of one execution and where its time went.
@@ -70,6 +74,7 @@ impl Model {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         for i in 0..options.instances.max(1) {
             let worker = Worker {
+                nice: options.nice,
                 name: options.name.clone(),
                 factory: Arc::clone(&factory),
                 receiver: receiver.clone(),
@@ -160,14 +165,46 @@ impl Model {
 }
 
 struct Worker {
+    nice: i32,
     name: String,
     factory: Arc<dyn BackendFactory>,
     receiver: Receiver<Job>,
     cancelled: Arc<AtomicU64>,
 }
 
+/// Lowers the calling thread's scheduling priority to `nice` (Linux keeps it per thread).
+fn set_thread_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // PRIO_PROCESS with who = 0 names the calling thread on Linux; raising one's own
+        // niceness needs no privilege.
+        #[allow(unsafe_code)]
+        // SAFETY: setpriority only reads its integer arguments.
+        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
+        if rc != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the worker thread's priority");
+        }
+        if nice >= 19 {
+            // The idle class: preempted as soon as any ordinary thread wants the CPU, where
+            // niceness alone still lets it finish its time slice first.
+            let param = libc::sched_param { sched_priority: 0 };
+            #[allow(unsafe_code)]
+            // SAFETY: the parameter struct outlives the call, which only reads it.
+            let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+            if rc != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "cannot move the worker thread to the idle scheduling class");
+            }
+        }
+    }
+}
+
 impl Worker {
     fn run(self, ready: std::sync::mpsc::Sender<Result<(), RuntimeError>>) {
+        // Before the backend starts threads of its own, so they inherit it.
+        set_thread_nice(self.nice);
         let mut backend = match self.factory.create() {
             Ok(backend) => {
                 let _ = ready.send(Ok(()));
@@ -247,6 +284,7 @@ mod tests {
             name: "fake:1".into(),
             instances,
             queue_capacity,
+            nice: 0,
         };
         (Model::start(factory.clone(), options).unwrap(), factory)
     }
@@ -256,6 +294,43 @@ mod tests {
             "INPUT0",
             Tensor::from_slice(vec![1, 1], &[v]).unwrap(),
         )]
+    }
+
+    /// The niceness of this process's thread called `name`, read from /proc.
+    #[cfg(target_os = "linux")]
+    fn thread_nice(name: &str) -> Option<i64> {
+        for task in std::fs::read_dir("/proc/self/task").ok()? {
+            let path = task.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            if comm.trim_end() == name {
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // Fields after the parenthesized name; niceness is field 19 of stat.
+                let rest = &stat[stat.rfind(')')? + 2..];
+                return rest.split(' ').nth(16)?.parse().ok();
+            }
+        }
+        None
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn workers_run_at_the_niceness_they_were_given() {
+        let factory = Arc::new(FakeFactory::fp32(Behavior::Echo));
+        let start = |name: &str, nice| {
+            Model::start(
+                factory.clone(),
+                ModelOptions {
+                    name: name.into(),
+                    instances: 1,
+                    queue_capacity: 4,
+                    nice,
+                },
+            )
+            .unwrap()
+        };
+        let (_low, _normal) = (start("low:1", 19), start("norm:1", 0));
+        assert_eq!(thread_nice("model-low:1-0"), Some(19));
+        assert_eq!(thread_nice("model-norm:1-0"), Some(0));
     }
 
     #[tokio::test]

@@ -32,6 +32,7 @@ fn model(name: &str, version: u32) -> Model {
         name: format!("{name}:{version}"),
         instances: 1,
         queue_capacity: 16,
+        nice: 0,
     };
     Model::start(Arc::new(factory), options).unwrap()
 }

@@ -407,6 +407,7 @@ impl Repository {
             name: format!("{name}:{version}"),
             instances: config.instances.unwrap_or(self.defaults.instances),
             queue_capacity: self.defaults.queue_capacity,
+            nice: config.nice,
         };
         let model =
             Model::start(factory, options).map_err(|e| ServeError::internal(e.to_string()))?;
@@ -675,6 +676,7 @@ fn load_model_dir(
                 name: format!("{name}:{version}"),
                 instances,
                 queue_capacity: defaults.queue_capacity,
+                nice: config.nice,
             };
             Model::start(Arc::new(factory), options)
         });
@@ -1139,6 +1141,7 @@ fn start_registry_version(
         name: format!("{}:{}", record.model, record.version),
         instances: defaults.instances,
         queue_capacity: defaults.queue_capacity,
+        nice: 0,
     };
     Model::start(factory, options).map_err(|e| e.to_string())
 }

@@ -385,7 +385,7 @@ mod properties {
             runtime().block_on(async {
                 let repository = Arc::new(Repository::new(None, None, infergate_config::RuntimeConfig::default()));
                 let factory = Arc::new(FakeFactory::fp32(Behavior::Echo));
-                let model = Model::start(factory, ModelOptions { name: "c:1".into(), instances: 2, queue_capacity: 64 }).unwrap();
+                let model = Model::start(factory, ModelOptions { name: "c:1".into(), instances: 2, queue_capacity: 64, nice: 0 }).unwrap();
                 let mut version = ModelVersion::new("fake", 1, model, ModelConfig::default(), 2, "sha256:test".into());
                 version.cache = Some(ResponseCache::with_key_fn(&CacheSettings::default(), "sha256:test".into(), |_| 42));
                 repository.insert_version(version);
