@@ -30,6 +30,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/feedback", post(feedback))
         .route("/admin/routes", get(list_routes).put(replace_routes))
         .route("/admin/audit", get(audit))
+        .route("/admin/log-level", get(log_level).put(set_log_level))
         // every route: authenticate, and audit management calls (outermost, so a refused call
         // does no work and is still recorded)
         .layer(axum::middleware::from_fn_with_state(
@@ -37,6 +38,38 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             crate::security::admin_guard,
         ))
         .with_state(gateway)
+}
+
+/// The log filter in force.
+async fn log_level(State(g): State<Arc<Gateway>>) -> Response {
+    match g.log.get() {
+        Some(log) => json_response(&json!({"level": log.level()})),
+        None => error_response(&crate::error::ServeError::not_found(
+            "this server's log filter is not under its control",
+        )),
+    }
+}
+
+/// Replaces the log filter: `{"level": "info,infergate_server=debug"}`.
+async fn set_log_level(State(g): State<Arc<Gateway>>, body: axum::body::Bytes) -> Response {
+    use crate::error::ServeError;
+    let Some(log) = g.log.get() else {
+        return error_response(&ServeError::not_found(
+            "this server's log filter is not under its control",
+        ));
+    };
+    let level = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["level"].as_str().map(str::to_string));
+    let Some(level) = level else {
+        return error_response(&ServeError::invalid(
+            "the body must be {\"level\": \"<tracing filter directive>\"}",
+        ));
+    };
+    match log.set(&level) {
+        Ok(()) => json_response(&json!({"level": log.level()})),
+        Err(e) => error_response(&ServeError::invalid(e)),
+    }
 }
 
 /// The most recent management actions, oldest first.

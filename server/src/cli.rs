@@ -153,7 +153,7 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
             args.insecure_admin.then_some(true),
         );
     let config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
-    init_logging(&config);
+    let log = Arc::new(crate::logging::init(&config.log));
     tracing::info!(config = ?config.redacted(), "effective configuration");
 
     let root = config.models.repository.clone();
@@ -187,6 +187,7 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     crate::run(RunArgs {
+        log: Some(log),
         config,
         repository,
         listeners,
@@ -215,19 +216,6 @@ pub fn registry_location(
             infergate_registry::ObjectStoreConfig::new(url, &models.registry_store_options, env)
         }),
     })
-}
-
-fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if config.log.format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }
 
 async fn signal_shutdown(token: CancellationToken) {

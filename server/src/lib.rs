@@ -9,6 +9,7 @@ pub mod error;
 mod grpc;
 mod http;
 pub mod layers;
+pub mod logging;
 pub mod metrics;
 pub mod registry_cli;
 pub mod repository;
@@ -70,6 +71,9 @@ pub struct Gateway {
     pub routes: Arc<layers::route::RouteTable>,
     /// Tokens, scopes and the audit log.
     pub security: security::Security,
+    /// The log filter, changeable through the admin API (absent when the embedding program
+    /// installed its own subscriber).
+    pub log: std::sync::OnceLock<Arc<logging::LogControl>>,
     ready: watch::Sender<bool>,
 }
 
@@ -83,6 +87,7 @@ impl Gateway {
         }
         Ok(Arc::new(Self {
             security,
+            log: std::sync::OnceLock::new(),
             stack: stack::build(
                 Arc::clone(&repository),
                 Arc::clone(&metrics),
@@ -157,6 +162,8 @@ pub struct RunArgs {
     pub listeners: Listeners,
     /// Cancel to shut down gracefully: stop accepting, answer what was accepted, return.
     pub shutdown: CancellationToken,
+    /// The log filter the admin API may change.
+    pub log: Option<Arc<logging::LogControl>>,
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
@@ -167,10 +174,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         repository,
         listeners,
         shutdown,
+        log,
     } = args;
     let addrs = listeners.addrs()?;
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
     let gateway = Gateway::new(config, repository)?;
+    if let Some(log) = log {
+        let _ = gateway.log.set(log);
+    }
     gateway
         .metrics
         .loaded_versions

@@ -77,6 +77,16 @@ impl TestServer {
         repository: Arc<Repository>,
         http: reqwest::Client,
     ) -> Self {
+        Self::serve_with(config, repository, http, None).await
+    }
+
+    /// [`Self::serve_with_client`] with a log filter the admin API may change.
+    pub async fn serve_with(
+        config: Config,
+        repository: Arc<Repository>,
+        http: reqwest::Client,
+        log: Option<Arc<infergate_server::logging::LogControl>>,
+    ) -> Self {
         let scheme = if config.security.tls.is_some() {
             "https"
         } else {
@@ -90,6 +100,7 @@ impl TestServer {
             repository,
             listeners,
             shutdown: shutdown.clone(),
+            log,
         }));
         let server = Self {
             addrs,

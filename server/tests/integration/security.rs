@@ -592,3 +592,85 @@ async fn grpc_model_control_switched_off_is_permission_denied_token_or_not() {
     assert_eq!(outcomes, vec![7, 7]);
     s.stop().await;
 }
+
+/// The log level changes at run time through the admin API: `read` sees it, `admin` changes
+/// it (audited), an invalid directive is a 400 that changes nothing.
+#[tokio::test]
+async fn the_log_level_changes_at_run_time_with_an_admin_token() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("info"));
+    let _subscriber = tracing_subscriber::registry().with(filter);
+    let control = Arc::new(infergate_server::logging::LogControl::new(
+        "info",
+        handle.clone(),
+    ));
+    let mut config = loopback_config();
+    config.models.repository = Some(repo_dir());
+    secured(&mut config);
+    let repository = Arc::new(Repository::new(
+        config.models.repository.clone(),
+        Some(ort_runtime()),
+        config.runtime.clone(),
+    ));
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve_with(config, repository, reqwest::Client::new(), Some(control)).await;
+    let url = s.admin_url("/admin/log-level");
+    let (status, body, _) = send(&s, reqwest::Method::GET, url.clone(), Some(READ), None).await;
+    assert_eq!((status, body["level"].as_str()), (200, Some("info")));
+    let change = json!({"level": "warn,infergate_server=debug"});
+    let (status, _, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        url.clone(),
+        Some(READ),
+        Some(&change),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, body, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        url.clone(),
+        Some(ADMIN),
+        Some(&change),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The filter in force is the new one (tracing writes its directives in its own order).
+    assert_eq!(
+        handle.with_current(|f| f.to_string()).unwrap(),
+        "infergate_server=debug,warn"
+    );
+    let bad = json!({"level": "info,[unclosed"});
+    let (status, body, _) = send(
+        &s,
+        reqwest::Method::PUT,
+        url.clone(),
+        Some(ADMIN),
+        Some(&bad),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid log level directive"),
+        "{body}"
+    );
+    let (_, body, _) = send(&s, reqwest::Method::GET, url, Some(READ), None).await;
+    assert_eq!(body["level"], "warn,infergate_server=debug");
+    let audit = s.admin_get_json_as("/admin/audit", READ).await;
+    let changes: Vec<(&str, u64)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["outcome"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        vec![("anonymous", 403), ("ops", 200), ("ops", 400)]
+    );
+    s.stop().await;
+}
