@@ -113,8 +113,9 @@ lint: ## rustfmt and clippy, warnings are errors
 unit-test: ort services ## every Rust test (unit, integration, golden numerics), the scale-out registry suite beside real PostgreSQL and S3 servers
 	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
 
-services: $(S3S_FS) ## PostgreSQL (Debian package) and s3s-fs (crates.io) for the scale-out registry tests
+services: $(S3S_FS) ## PostgreSQL and promtool (Debian packages), s3s-fs (crates.io): servers and checkers the tests use
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(SUDO) apt-get install -y -q postgresql
+	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends prometheus
 
 $(S3S_FS):
 	$(CARGO) install --locked --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root .tools

@@ -85,21 +85,73 @@ async fn ready(State(g): State<Arc<Gateway>>) -> StatusCode {
     }
 }
 
-async fn metrics(State(g): State<Arc<Gateway>>) -> Response {
+/// Prometheus metrics: OpenMetrics when the scraper asks for it (Prometheus does), the classic
+/// text format otherwise.
+async fn metrics(State(g): State<Arc<Gateway>>, headers: axum::http::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let m = &g.metrics;
     let versions = g.repository.all_versions();
-    g.metrics.loaded_versions.set(versions.len() as i64);
+    m.loaded_versions.set(versions.len() as i64);
+    m.version_weight_bytes.clear();
+    for v in &versions {
+        m.version_weight_bytes
+            .get_or_create(&v.labels)
+            .set(v.weight_bytes as i64);
+    }
+    m.unavailable_versions.set(
+        g.repository
+            .index(false)
+            .iter()
+            .filter(|e| e.state == "UNAVAILABLE")
+            .count() as i64,
+    );
+    crate::metrics::Metrics::catch_up(
+        &m.swaps,
+        g.repository
+            .swaps
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let routes = g.routes.load();
+    for route in routes.configs() {
+        if let Some(r) = routes.shadow_report(&route.name) {
+            for (result, total) in [
+                ("compared", r.both_ok),
+                ("dropped", r.dropped),
+                ("shadow_failed", r.shadow_failed + r.both_failed),
+                ("disagreed", r.rows - r.top1_agreement_rows),
+            ] {
+                let labels = crate::metrics::ShadowLabels {
+                    route: route.name.clone(),
+                    result,
+                };
+                crate::metrics::Metrics::catch_up(&m.shadow.get_or_create(&labels), total);
+            }
+        }
+    }
+    m.sample_process();
     let queued: usize = versions
         .iter()
         .filter_map(|v| v.batcher.get())
         .map(|b| b.queued())
         .sum();
     g.metrics.queued_requests.set(queued as i64);
+    let (content_type, body) = if openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            g.metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            g.metrics.encode_text(),
+        )
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        )],
-        g.metrics.encode(),
+        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+        body,
     )
         .into_response()
 }

@@ -12,8 +12,18 @@ use prometheus_client::registry::Registry;
 pub struct RequestLabels {
     pub model: String,
     pub version: String,
+    /// The route variant that served it (empty when the model was called directly).
+    pub variant: String,
     pub protocol: &'static str,
     pub outcome: &'static str,
+}
+
+/// Labels of shadow-traffic outcomes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub route: String,
+    /// `compared`, `dropped`, `shadow_failed`, `disagreed` (rows whose top-1 differed).
+    pub result: &'static str,
 }
 
 /// Labels of per-model-version series.
@@ -67,6 +77,18 @@ pub struct Metrics {
     /// queue-depth signal).
     pub queued_requests: Gauge,
     pub registry_poll_errors: Counter,
+    /// Inference requests inside the stack now.
+    pub inflight: Gauge,
+    /// Model weights of each loaded version (what `runtime.memory_budget_bytes` counts).
+    pub version_weight_bytes: Family<ModelLabels, Gauge>,
+    /// Versions that failed to load, as the repository index shows them.
+    pub unavailable_versions: Gauge,
+    /// Default-version swaps made while following the registry.
+    pub swaps: Counter,
+    /// Shadow traffic by route and result.
+    pub shadow: Family<ShadowLabels, Counter>,
+    pub process_resident_bytes: Gauge,
+    pub process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,6 +114,48 @@ impl Default for Metrics {
         let loaded_versions = Gauge::default();
         let queued_requests = Gauge::default();
         let registry_poll_errors = Counter::default();
+        let inflight = Gauge::default();
+        let version_weight_bytes = Family::<ModelLabels, Gauge>::default();
+        let unavailable_versions = Gauge::default();
+        let swaps = Counter::default();
+        let shadow = Family::<ShadowLabels, Counter>::default();
+        let process_resident_bytes = Gauge::default();
+        let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "inflight_requests",
+            "Inference requests inside the server now",
+            inflight.clone(),
+        );
+        registry.register(
+            "model_weight_bytes",
+            "Model weights of each loaded version, in bytes (what runtime.memory_budget_bytes counts)",
+            version_weight_bytes.clone(),
+        );
+        registry.register(
+            "unavailable_model_versions",
+            "Model versions that failed to load (reasons in the repository index)",
+            unavailable_versions.clone(),
+        );
+        registry.register(
+            "default_version_swaps",
+            "Default-version swaps made while following the registry",
+            swaps.clone(),
+        );
+        registry.register(
+            "shadow_requests",
+            "Shadow traffic by route and result (compared, dropped, shadow_failed, disagreed rows)",
+            shadow.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+            process_resident_bytes.clone(),
+        );
+        registry.register(
+            "process_cpu_seconds",
+            "CPU time the server process has used, user and system",
+            process_cpu_seconds.clone(),
+        );
         registry.register(
             "requests",
             "Inference requests by model, version, protocol and outcome",
@@ -154,6 +218,13 @@ impl Default for Metrics {
             loaded_versions,
             queued_requests,
             registry_poll_errors,
+            inflight,
+            version_weight_bytes,
+            unavailable_versions,
+            swaps,
+            shadow,
+            process_resident_bytes,
+            process_cpu_seconds,
         }
     }
 }
@@ -169,7 +240,76 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition of every metric.
+    /// Brings a counter that mirrors a total kept elsewhere up to `total`.
+    pub fn catch_up(counter: &Counter, total: u64) {
+        let seen = counter.get();
+        if total > seen {
+            counter.inc_by(total - seen);
+        }
+    }
+
+    /// Reads the process's resident memory and CPU time from /proc (Linux).
+    pub fn sample_process(&self) {
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status")
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            self.process_resident_bytes.set(kb * 1024);
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])
+        {
+            // utime and stime are fields 14 and 15 of stat, in USER_HZ ticks (100 per second
+            // in Linux's ABI).
+            let fields: Vec<&str> = rest.split(' ').collect();
+            let ticks: u64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+                .sum();
+            let seconds = ticks as f64 / 100.0;
+            let seen = self.process_cpu_seconds.get();
+            if seconds > seen {
+                self.process_cpu_seconds.inc_by(seconds - seen);
+            }
+        }
+    }
+
+    /// The same metrics in Prometheus' classic text format (0.0.4), for scrapers that do not
+    /// ask for OpenMetrics: a counter's HELP and TYPE name its `_total` series, and the
+    /// OpenMetrics-only lines (`# UNIT`, `# EOF`) are left out.
+    pub fn encode_text(&self) -> String {
+        let open = self.encode();
+        let counters: std::collections::HashSet<&str> = open
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(open.len());
+        for line in open.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let meta = ["# HELP ", "# TYPE "]
+                .iter()
+                .find_map(|p| Some((*p, line.strip_prefix(p)?)));
+            match meta {
+                Some((prefix, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    if counters.contains(name) {
+                        out.push_str(&format!("{prefix}{name}_total {tail}"));
+                    } else {
+                        out.push_str(line);
+                    }
+                }
+                None => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        out
+    }
+
+    /// OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -167,6 +167,8 @@ pub struct Repository {
     /// Which registry versions serve.
     registry_versions: RegistryVersions,
     models: ArcSwap<BTreeMap<String, Entry>>,
+    /// Default-version swaps made while following the registry.
+    pub swaps: std::sync::atomic::AtomicU64,
     /// Serializes load/unload so two management calls cannot interleave.
     control: tokio::sync::Mutex<()>,
 }
@@ -194,6 +196,7 @@ impl Repository {
             model_defaults: infergate_config::ModelDefaults::default(),
             registry_versions: RegistryVersions::All,
             models: ArcSwap::from_pointee(BTreeMap::new()),
+            swaps: std::sync::atomic::AtomicU64::new(0),
             control: tokio::sync::Mutex::new(()),
         }
     }
@@ -1014,6 +1017,10 @@ impl Repository {
             let before = entry.default_version;
             entry.set_aliases(&name, aliases);
             if entry.default_version != before {
+                if before.is_some() {
+                    self.swaps
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tracing::info!(model = %name, from = ?before, to = ?entry.default_version, "default version swapped");
             }
             if self.registry_versions == RegistryVersions::Aliased {

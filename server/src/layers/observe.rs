@@ -55,7 +55,9 @@ where
     }
 
     fn call(&mut self, req: InferRequest) -> Self::Future {
+        self.metrics.inflight.inc();
         ObserveFuture {
+            _inflight: Inflight(Arc::clone(&self.metrics)),
             model: req.model.clone(),
             version: req.version.clone().unwrap_or_default(),
             protocol: req.protocol,
@@ -66,11 +68,21 @@ where
     }
 }
 
+/// Counts a request in `infergate_inflight_requests` until it is answered or dropped.
+pub struct Inflight(Arc<Metrics>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// Response future of [`Observe`].
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
+        _inflight: Inflight,
         model: String,
         version: String,
         protocol: Protocol,
@@ -92,6 +104,18 @@ where
             Ok(resp) => RequestLabels {
                 model: resp.model_name.clone(),
                 version: resp.model_version.clone(),
+                variant: resp
+                    .parameters
+                    .iter()
+                    .find_map(|(k, v)| match v {
+                        crate::core::ParamValue::String(s)
+                            if k == crate::layers::route::VARIANT_PARAM =>
+                        {
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
                 protocol: this.protocol.as_str(),
                 outcome: "success",
             },
@@ -110,6 +134,7 @@ where
                     } else {
                         String::new()
                     },
+                    variant: String::new(),
                     protocol: this.protocol.as_str(),
                     outcome: kind.as_str(),
                 }

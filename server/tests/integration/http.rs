@@ -518,16 +518,16 @@ async fn metrics_count_requests_by_outcome() {
     );
     let text = s.admin_get_text("/metrics").await;
     assert!(
-        text.contains(r#"infergate_requests_total{model="iris_mlp",version="2",protocol="http",outcome="success"} 3"#),
+        text.contains(r#"infergate_requests_total{model="iris_mlp",version="2",variant="",protocol="http",outcome="success"} 3"#),
         "{text}"
     );
     assert!(text.contains(r#"outcome="invalid_input"} 1"#), "{text}");
-    assert!(text.contains(r#"infergate_requests_total{model="_unknown",version="",protocol="http",outcome="not_found"} 1"#));
+    assert!(text.contains(r#"infergate_requests_total{model="_unknown",version="",variant="",protocol="http",outcome="not_found"} 1"#));
     assert!(
         !text.contains("evil-name-1"),
         "unknown model names must not become labels"
     );
-    assert!(text.contains(r#"infergate_request_duration_seconds_count{model="iris_mlp",version="2",protocol="http",outcome="success"} 3"#));
+    assert!(text.contains(r#"infergate_request_duration_seconds_count{model="iris_mlp",version="2",variant="",protocol="http",outcome="success"} 3"#));
     assert!(text.contains("infergate_loaded_model_versions 4"));
     // Metrics live on the admin listener only.
     assert_eq!(

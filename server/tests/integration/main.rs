@@ -10,6 +10,7 @@ mod hostile;
 mod http;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod registry;
 mod routes;
 mod security;

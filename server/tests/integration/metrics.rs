@@ -1,0 +1,157 @@
+//! `/metrics`: valid for Prometheus (`promtool check metrics`), and the histogram counts match
+//! the requests sent, by model, protocol, variant and outcome.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+
+use infergate_config::{RouteConfig, VariantConfig};
+use infergate_proto::inference as pb;
+use serde_json::json;
+
+use crate::common::{TestServer, grpc_input, repo_dir};
+
+/// `promtool check metrics` on `text`: its exit status and what it printed.
+fn promtool_check(text: &str) -> (bool, String) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool missing: `make services` installs Debian's prometheus package");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Sample values of `name` by their label set (`{a="1",b="2"}` as written).
+fn samples(text: &str, name: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None;
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn count(text: &str, name: &str, must: &[&str]) -> f64 {
+    samples(text, name)
+        .iter()
+        .filter(|(labels, _)| must.iter().all(|m| labels.contains(m)))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_what_was_sent() {
+    let route = RouteConfig {
+        name: "iris-route".into(),
+        variants: vec![VariantConfig {
+            name: "only".into(),
+            model: "iris_mlp".into(),
+            version: Some("1".into()),
+            weight: 1,
+        }],
+        shadow: None,
+        canary: None,
+        fallback: None,
+    };
+    let s = TestServer::start_with(|c| c.routes = vec![route]).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    for _ in 0..7 {
+        assert_eq!(s.post_json("/v2/models/iris_mlp/infer", &body).await.0, 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            s.post_json("/v2/models/iris-route/infer", &body).await.0,
+            200
+        );
+    }
+    let bad = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    for _ in 0..2 {
+        assert_eq!(s.post_json("/v2/models/iris_mlp/infer", &bad).await.0, 400);
+    }
+    let mut grpc = s.grpc().await;
+    for _ in 0..5 {
+        grpc.model_infer(pb::ModelInferRequest {
+            model_name: "iris_mlp".into(),
+            inputs: vec![grpc_input("input", "FP32", &[1, 4])],
+            raw_input_contents: vec![
+                bytemuck::cast_slice::<f32, u8>(&[5.1, 3.5, 1.4, 0.2])
+                    .to_vec()
+                    .into(),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+
+    let text = s.admin_get_text("/metrics").await;
+    let (ok, said) = promtool_check(&text);
+    assert!(ok, "promtool check metrics failed:\n{said}");
+
+    let latency = "infergate_request_duration_seconds_count";
+    let http_ok = [
+        "model=\"iris_mlp\"",
+        "protocol=\"http\"",
+        "outcome=\"success\"",
+    ];
+    assert_eq!(count(&text, latency, &http_ok), 7.0, "{text}");
+    // Routed requests are counted under the route's name, with the variant that served them.
+    assert_eq!(
+        count(
+            &text,
+            latency,
+            &["model=\"iris-route\"", "version=\"1\"", "variant=\"only\""]
+        ),
+        3.0
+    );
+    assert_eq!(
+        count(
+            &text,
+            latency,
+            &[
+                "model=\"iris_mlp\"",
+                "protocol=\"grpc\"",
+                "outcome=\"success\""
+            ]
+        ),
+        5.0
+    );
+    assert_eq!(count(&text, latency, &["outcome=\"invalid_input\""]), 2.0);
+    // The counter agrees with the histogram.
+    assert_eq!(count(&text, "infergate_requests_total", &http_ok), 7.0);
+    // Gauges read when scraped.
+    assert_eq!(count(&text, "infergate_inflight_requests", &[]), 0.0);
+    let v1 = std::fs::metadata(repo_dir().join("iris_mlp/1/model.onnx"))
+        .unwrap()
+        .len() as f64;
+    assert_eq!(
+        count(
+            &text,
+            "infergate_model_weight_bytes",
+            &["model=\"iris_mlp\"", "version=\"1\""]
+        ),
+        v1
+    );
+    assert!(count(&text, "infergate_process_resident_memory_bytes", &[]) > 1e6);
+    assert!(count(&text, "infergate_process_cpu_seconds_total", &[]) > 0.0);
+    s.stop().await;
+}
