@@ -34,7 +34,7 @@ K8S_VERSION   := 1.33
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check shadow-check soak fuzz lint-deploy services clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -79,8 +79,11 @@ $(VENV)/.done: requirements-dev.txt
 models: venv ## regenerate the committed demo/test ONNX models from their recipe
 	$(VENV_PY) models/recipes/make_models.py models/repository
 
-lint-deploy: venv $(HELM) ## hadolint the Dockerfile; lint, render and validate the Helm chart and KServe manifests offline
+lint-deploy: venv $(HELM) promtool ## hadolint the Dockerfile; Helm chart and KServe manifests validated offline; alert rules and dashboard checked
 	$(VENV)/bin/hadolint Dockerfile
+	promtool check rules deploy/observability/alerts.yaml
+	cd deploy/observability && promtool test rules alerts.test.yaml
+	$(PYTHON) scripts/dashboard.py --check
 	$(HELM) lint --strict deploy/helm/infergate
 	@mkdir -p .tools/rendered
 	$(HELM) template infergate deploy/helm/infergate > .tools/rendered/default.yaml
@@ -113,8 +116,10 @@ lint: ## rustfmt and clippy, warnings are errors
 unit-test: ort services ## every Rust test (unit, integration, golden numerics), the scale-out registry suite beside real PostgreSQL and S3 servers
 	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
 
-services: $(S3S_FS) ## PostgreSQL and promtool (Debian packages), s3s-fs (crates.io): servers and checkers the tests use
+services: $(S3S_FS) promtool ## PostgreSQL (Debian package) and s3s-fs (crates.io) for the scale-out registry tests, promtool
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(SUDO) apt-get install -y -q postgresql
+
+promtool: ## promtool (Debian package prometheus): checks /metrics, the alert rules and the dashboard queries
 	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends prometheus
 
 $(S3S_FS):
