@@ -45,6 +45,8 @@ PANELS = [
     ("Memory: resident and model weights", "bytes",
      [("resident {{instance}}", 'infergate_process_resident_memory_bytes{instance=~"$instance"}'),
       ("weights {{instance}}", 'sum by (instance) (infergate_model_weight_bytes{instance=~"$instance"})')], 12),
+    ("Input drift (PSI of the last window, threshold 0.2)", "short",
+     [("{{model}}:{{version}} {{kind}}", 'max by (model, version, kind) (infergate_drift_psi{kind=~"max_feature|class", instance=~"$instance"})')], 12),
     ("CPU (cores used)", "short",
      [("{{instance}}", 'rate(infergate_process_cpu_seconds_total{instance=~"$instance"}[$__rate_interval])')], 12),
 ]

@@ -53,6 +53,8 @@ pub struct Config {
     pub cache: ResponseCache,
     /// Logging.
     pub log: LogConfig,
+    /// Drift detection against the training baselines of registry versions.
+    pub drift: DriftConfig,
     /// Bearer tokens and scopes, TLS, the audit log.
     pub security: SecurityConfig,
     /// A/B routes: clients call the route's name; each request goes to one variant in
@@ -232,6 +234,33 @@ impl Default for ModelsConfig {
             registry_database_url: None,
             registry_store_url: None,
             registry_store_options: Default::default(),
+        }
+    }
+}
+
+/// Drift detection: live inputs and predictions of registry versions that carry a training
+/// baseline, compared window by window (population stability index).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftConfig {
+    /// Compare live traffic with the baseline at all.
+    pub enabled: bool,
+    /// One request in this many gives its first row to the comparison.
+    pub sample_every: u32,
+    /// Sampled rows per window; each closed window is compared and reported.
+    pub window_rows: usize,
+    /// PSI above which a window counts as drifted (0.1 some shift, 0.25 a large one, by the
+    /// usual rule of thumb); a drifted window logs one warning.
+    pub psi_threshold: f64,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_every: 8,
+            window_rows: 512,
+            psi_threshold: 0.2,
         }
     }
 }
@@ -432,6 +461,12 @@ impl Config {
             }
         }
         errors.extend(self.model_defaults().check());
+        if self.drift.sample_every == 0 || self.drift.window_rows == 0 {
+            errors.push("drift.sample_every and drift.window_rows must be at least 1".to_string());
+        }
+        if self.drift.psi_threshold.is_nan() || self.drift.psi_threshold <= 0.0 {
+            errors.push("drift.psi_threshold must be greater than 0".to_string());
+        }
         self.security.validate(&mut errors);
         let models = &self.models;
         if let Some(url) = &models.registry_database_url

@@ -30,6 +30,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/feedback", post(feedback))
         .route("/admin/routes", get(list_routes).put(replace_routes))
         .route("/admin/audit", get(audit))
+        .route("/admin/models/{model}/drift", get(drift))
         .route("/admin/log-level", get(log_level).put(set_log_level))
         // every route: authenticate, and audit management calls (outermost, so a refused call
         // does no work and is still recorded)
@@ -38,6 +39,29 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             crate::security::admin_guard,
         ))
         .with_state(gateway)
+}
+
+/// Drift of a model's loaded versions against their training baselines: the last closed
+/// window's PSI per feature and for the predicted classes, and the open window's size.
+async fn drift(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Response {
+    let versions = g.repository.versions(&model);
+    if versions.is_empty() {
+        return error_response(&crate::error::ServeError::not_found(format!(
+            "model '{model}' is not loaded"
+        )));
+    }
+    let reports: Vec<serde_json::Value> = versions
+        .iter()
+        .filter_map(|v| {
+            let (last, open_rows) = v.drift.as_ref()?.state();
+            Some(json!({"version": v.version_label, "last_window": last, "open_window_rows": open_rows}))
+        })
+        .collect();
+    json_response(&json!({
+        "model": model,
+        "versions": reports,
+        "note": if reports.is_empty() { "no loaded version has a training baseline" } else { "" },
+    }))
 }
 
 /// The log filter in force.
@@ -132,6 +156,23 @@ async fn metrics(State(g): State<Arc<Gateway>>, headers: axum::http::HeaderMap) 
         }
     }
     m.sample_process();
+    for v in &versions {
+        if let Some((Some(report), _)) = v.drift.as_ref().map(|d| d.state()) {
+            for (kind, value) in [
+                ("max_feature", report.max_feature_psi),
+                ("mean_feature", report.mean_feature_psi),
+                ("class", report.class_psi),
+            ] {
+                m.drift_psi
+                    .get_or_create(&crate::metrics::DriftLabels {
+                        model: v.name.clone(),
+                        version: v.version_label.clone(),
+                        kind,
+                    })
+                    .set(value);
+            }
+        }
+    }
     let queued: usize = versions
         .iter()
         .filter_map(|v| v.batcher.get())

@@ -175,7 +175,8 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     tracing::info!(library = %library.display(), "onnx runtime loaded");
     let mut repository = Repository::new(root, Some(runtime), config.runtime.clone())
         .with_model_defaults(config.model_defaults())
-        .with_registry_versions(config.models.registry_versions);
+        .with_registry_versions(config.models.registry_versions)
+        .with_drift(config.drift.clone());
     if let Some(registry) = registry {
         repository = repository.with_registry(registry);
     }

@@ -5,6 +5,7 @@ mod admin;
 pub mod admission;
 pub mod cli;
 pub mod core;
+pub mod drift;
 pub mod error;
 mod grpc;
 mod http;

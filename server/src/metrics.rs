@@ -89,6 +89,17 @@ pub struct Metrics {
     pub shadow: Family<ShadowLabels, Counter>,
     pub process_resident_bytes: Gauge,
     pub process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// The last closed drift window's PSI, by model, version and kind.
+    pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// Labels of drift series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DriftLabels {
+    pub model: String,
+    pub version: String,
+    /// `max_feature`, `mean_feature` or `class`.
+    pub kind: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +132,12 @@ impl Default for Metrics {
         let shadow = Family::<ShadowLabels, Counter>::default();
         let process_resident_bytes = Gauge::default();
         let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        let drift_psi = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "drift_psi",
+            "Population stability index of the last closed drift window against the training baseline",
+            drift_psi.clone(),
+        );
         registry.register(
             "inflight_requests",
             "Inference requests inside the server now",
@@ -225,6 +242,7 @@ impl Default for Metrics {
             shadow,
             process_resident_bytes,
             process_cpu_seconds,
+            drift_psi,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
-use infergate_config::{ModelConfig, RegistryVersions, RuntimeConfig};
+use infergate_config::{DriftConfig, ModelConfig, RegistryVersions, RuntimeConfig};
 use infergate_registry::{Registry, VersionRecord};
 use infergate_runtime::candle::{Arch, CandleFactory};
 use infergate_runtime::ort::OrtRuntime;
@@ -56,6 +56,8 @@ pub struct ModelVersion {
     pub recent_shapes: Arc<ShapeLog>,
     /// The input shapes this version was warmed up with before it served.
     pub warmed_with: Vec<InputShapes>,
+    /// Drift against the training baseline (registry versions that carry one).
+    pub drift: Option<Arc<crate::drift::Drift>>,
 }
 
 /// The shapes of one request's inputs, by input name.
@@ -166,6 +168,8 @@ pub struct Repository {
     model_defaults: infergate_config::ModelDefaults,
     /// Which registry versions serve.
     registry_versions: RegistryVersions,
+    /// Drift detection for registry versions with a training baseline.
+    drift: DriftConfig,
     models: ArcSwap<BTreeMap<String, Entry>>,
     /// Default-version swaps made while following the registry.
     pub swaps: std::sync::atomic::AtomicU64,
@@ -195,6 +199,7 @@ impl Repository {
             defaults,
             model_defaults: infergate_config::ModelDefaults::default(),
             registry_versions: RegistryVersions::All,
+            drift: DriftConfig::default(),
             models: ArcSwap::from_pointee(BTreeMap::new()),
             swaps: std::sync::atomic::AtomicU64::new(0),
             control: tokio::sync::Mutex::new(()),
@@ -204,6 +209,12 @@ impl Repository {
     /// The server's `[batching]` and `[cache]` defaults for models of the repository folder.
     pub fn with_model_defaults(mut self, defaults: infergate_config::ModelDefaults) -> Self {
         self.model_defaults = defaults;
+        self
+    }
+
+    /// Drift detection settings (`[drift]`).
+    pub fn with_drift(mut self, drift: DriftConfig) -> Self {
+        self.drift = drift;
         self
     }
 
@@ -311,11 +322,12 @@ impl Repository {
             None if self.registry_models().iter().any(|m| m == name) => {
                 let registry = Arc::clone(self.registry.as_ref().expect("listed models"));
                 let which = self.registry_versions;
+                let drift = self.drift.clone();
                 tokio::task::spawn_blocking(move || {
                     load_registry_model(
                         (&registry, which),
                         runtime.as_ref(),
-                        (&defaults, &mut budget),
+                        (&defaults, &mut budget, &drift),
                         &owned,
                     )
                 })
@@ -586,6 +598,7 @@ fn new_version(
         weight_bytes: 0,
         recent_shapes: Arc::default(),
         warmed_with: Vec::new(),
+        drift: None,
         digest,
         admission,
         config,
@@ -711,7 +724,7 @@ fn load_model_dir(
 fn load_registry_model(
     (registry, which): (&Registry, RegistryVersions),
     runtime: Option<&OrtRuntime>,
-    (defaults, budget): (&RuntimeConfig, &mut Budget),
+    (defaults, budget, drift): (&RuntimeConfig, &mut Budget, &DriftConfig),
     name: &str,
 ) -> Entry {
     let mut entry = Entry::default();
@@ -724,7 +737,7 @@ fn load_registry_model(
     };
     for record in &records {
         let version = u64::from(record.version);
-        match load_registry_version(registry, runtime, (defaults, budget), record) {
+        match load_registry_version(registry, runtime, (defaults, budget, drift), record) {
             Ok(loaded) => {
                 entry.versions.insert(version, Arc::new(loaded));
             }
@@ -816,7 +829,7 @@ fn names(sig: &infergate_runtime::Signature) -> (Vec<String>, Vec<String>) {
 fn load_registry_version(
     registry: &Registry,
     runtime: Option<&OrtRuntime>,
-    (defaults, budget): (&RuntimeConfig, &mut Budget),
+    (defaults, budget, drift): (&RuntimeConfig, &mut Budget, &DriftConfig),
     record: &VersionRecord,
 ) -> Result<ModelVersion, String> {
     let version = u64::from(record.version);
@@ -844,6 +857,18 @@ fn load_registry_version(
     );
     loaded.properties.extend(registry_properties(record));
     loaded.weight_bytes = size;
+    if drift.enabled
+        && let Some(baseline) = record.baseline.clone()
+    {
+        loaded.drift = crate::drift::Drift::new(
+            &record.model,
+            &version.to_string(),
+            baseline,
+            loaded.model.signature(),
+            drift,
+        )
+        .map(Arc::new);
+    }
     Ok(loaded)
 }
 
@@ -963,6 +988,7 @@ impl Repository {
                 Arc::clone(&registry),
             );
             let mut budget = self.budget(None);
+            let drift = self.drift.clone();
             let started = tokio::task::spawn_blocking(move || {
                 new.iter()
                     .map(|r| {
@@ -971,7 +997,7 @@ impl Repository {
                             load_registry_version(
                                 &reader,
                                 runtime.as_ref(),
-                                (&defaults, &mut budget),
+                                (&defaults, &mut budget, &drift),
                                 r,
                             ),
                         )

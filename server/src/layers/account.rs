@@ -57,7 +57,15 @@ where
     }
 
     fn call(&mut self, req: InferRequest) -> Self::Future {
+        // A sampled request lends its first row to drift detection (read back on success).
+        let drift_row = req
+            .target
+            .as_ref()
+            .and_then(|t| t.drift.as_ref())
+            .filter(|d| d.should_sample())
+            .and_then(|d| d.first_row(&req.inputs));
         AccountFuture {
+            drift_row,
             target: req.target.clone(),
             start: req.received,
             metrics: Arc::clone(&self.metrics),
@@ -72,6 +80,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         target: Option<Arc<ModelVersion>>,
+        drift_row: Option<Vec<f32>>,
         start: Instant,
         metrics: Arc<Metrics>,
     }
@@ -90,6 +99,9 @@ where
             let total = this.start.elapsed();
             match &result {
                 Ok(resp) => {
+                    if let (Some(drift), Some(row)) = (&target.drift, this.drift_row.take()) {
+                        drift.observe(&row, &resp.outputs);
+                    }
                     target.stats.record_request(total, &resp.timings);
                     this.metrics
                         .queue_duration

@@ -2,6 +2,7 @@
 //! clients. One test binary (modules below) keeps link time down.
 
 mod common;
+mod drift;
 mod errors;
 mod faults;
 mod gateway;

@@ -1,0 +1,238 @@
+//! Drift detection: live inputs and predictions against the training baseline the registry
+//! keeps with a version (per-feature quantile bins and the class distribution).
+//!
+//! One request in `drift.sample_every` gives its first row; `drift.window_rows` sampled rows make
+//! a window. When a window closes, the population stability index (PSI) is computed per
+//! feature and for the predicted classes, published (metrics, `GET /admin/models/{m}/drift`),
+//! and, when the largest crosses `drift.psi_threshold`, logged once as a warning. Sampling
+//! keeps the cost off the hot path: a counter per request, a one-row copy for the sampled ones.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use infergate_config::DriftConfig;
+use infergate_registry::Baseline;
+use infergate_runtime::{DataType, NamedTensor};
+use serde::Serialize;
+
+/// Probability floor in PSI, so an empty bin does not make it infinite.
+const EPSILON: f64 = 1e-4;
+
+/// The population stability index of observed `counts` against `expected` fractions.
+pub fn psi(expected: &[f64], counts: &[u64]) -> f64 {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    expected
+        .iter()
+        .zip(counts)
+        .map(|(&e, &c)| {
+            let e = e.max(EPSILON);
+            let a = (c as f64 / total as f64).max(EPSILON);
+            (a - e) * (a / e).ln()
+        })
+        .sum()
+}
+
+/// A closed window's comparison with the baseline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DriftReport {
+    pub rows: usize,
+    /// PSI per input feature, in feature order.
+    pub feature_psi: Vec<f64>,
+    pub max_feature_psi: f64,
+    pub mean_feature_psi: f64,
+    /// Features whose PSI is over the threshold.
+    pub features_over_threshold: usize,
+    /// PSI of the predicted-class distribution against the training labels'.
+    pub class_psi: f64,
+    pub threshold: f64,
+    /// Whether the largest PSI (features or classes) is over the threshold.
+    pub drifted: bool,
+}
+
+struct Window {
+    rows: usize,
+    bins: Vec<Vec<u64>>,
+    classes: Vec<u64>,
+}
+
+/// The drift monitor of one model version.
+pub struct Drift {
+    model: String,
+    version: String,
+    baseline: Baseline,
+    /// The FP32 input whose rows are compared.
+    input: String,
+    config: DriftConfig,
+    seen: AtomicU64,
+    window: Mutex<Window>,
+    last: Mutex<Option<DriftReport>>,
+}
+
+impl std::fmt::Debug for Drift {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Drift({}:{})", self.model, self.version)
+    }
+}
+
+impl Drift {
+    /// A monitor when the version's signature has an FP32 input of as many features per row as
+    /// the baseline has (else none: nothing to compare).
+    pub fn new(
+        model: &str,
+        version: &str,
+        baseline: Baseline,
+        signature: &infergate_runtime::Signature,
+        config: &DriftConfig,
+    ) -> Option<Self> {
+        let features = baseline.features.len();
+        let input = signature.inputs.iter().find(|s| {
+            s.dtype == DataType::Fp32
+                && s.shape.len() >= 2
+                && s.shape[1..].iter().all(|&d| d > 0)
+                && s.shape[1..].iter().product::<i64>() as usize == features
+        })?;
+        Some(Self {
+            model: model.to_string(),
+            version: version.to_string(),
+            input: input.name.clone(),
+            window: Mutex::new(Window::empty(&baseline)),
+            baseline,
+            config: config.clone(),
+            seen: AtomicU64::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Whether this request is one of the sampled (one in `sample_every`).
+    pub fn should_sample(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed);
+        n.is_multiple_of(u64::from(self.config.sample_every.max(1)))
+    }
+
+    /// The first row of the compared input, copied (for a sampled request).
+    pub fn first_row(&self, inputs: &[NamedTensor]) -> Option<Vec<f32>> {
+        let tensor = &inputs.iter().find(|i| *i.name == *self.input)?.tensor;
+        let features = self.baseline.features.len();
+        let raw = tensor.to_raw();
+        let row = raw.get(..features * 4)?;
+        Some(
+            row.chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        )
+    }
+
+    /// Adds a sampled row and the prediction the model made for it (arg-max of the first
+    /// output's first row); closes the window when it is full.
+    pub fn observe(&self, row: &[f32], outputs: &[NamedTensor]) {
+        let class = outputs.first().and_then(|o| {
+            let classes = self.baseline.class_distribution.len();
+            let raw = o.tensor.to_raw();
+            if o.tensor.dtype() != DataType::Fp32 || raw.len() < classes * 4 || classes == 0 {
+                return None;
+            }
+            raw[..classes * 4]
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i)
+        });
+        let closed = {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            for (f, &v) in row.iter().enumerate() {
+                if let Some(feature) = self.baseline.features.get(f) {
+                    w.bins[f][feature.bin(f64::from(v))] += 1;
+                }
+            }
+            if let Some(c) = class {
+                w.classes[c] += 1;
+            }
+            w.rows += 1;
+            if w.rows >= self.config.window_rows {
+                Some(std::mem::replace(&mut *w, Window::empty(&self.baseline)))
+            } else {
+                None
+            }
+        };
+        if let Some(window) = closed {
+            let report = self.report(&window);
+            if report.drifted {
+                tracing::warn!(
+                    model = %self.model,
+                    version = %self.version,
+                    max_feature_psi = report.max_feature_psi,
+                    class_psi = report.class_psi,
+                    features_over_threshold = report.features_over_threshold,
+                    threshold = report.threshold,
+                    rows = report.rows,
+                    "input drift: live traffic no longer looks like the training data"
+                );
+            }
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+        }
+    }
+
+    fn report(&self, w: &Window) -> DriftReport {
+        let feature_psi: Vec<f64> = self
+            .baseline
+            .features
+            .iter()
+            .zip(&w.bins)
+            .map(|(f, counts)| psi(&f.fractions, counts))
+            .collect();
+        let max_feature_psi = feature_psi.iter().copied().fold(0.0, f64::max);
+        let mean_feature_psi = feature_psi.iter().sum::<f64>() / feature_psi.len().max(1) as f64;
+        let threshold = self.config.psi_threshold;
+        let class_psi = psi(&self.baseline.class_distribution, &w.classes);
+        DriftReport {
+            rows: w.rows,
+            features_over_threshold: feature_psi.iter().filter(|&&p| p > threshold).count(),
+            drifted: max_feature_psi.max(class_psi) > threshold,
+            feature_psi,
+            max_feature_psi,
+            mean_feature_psi,
+            class_psi,
+            threshold,
+        }
+    }
+
+    /// The last closed window's report, and how many rows the open one holds.
+    pub fn state(&self) -> (Option<DriftReport>, usize) {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let open = self.window.lock().unwrap_or_else(|e| e.into_inner()).rows;
+        (last, open)
+    }
+}
+
+impl Window {
+    fn empty(baseline: &Baseline) -> Self {
+        Self {
+            rows: 0,
+            bins: baseline
+                .features
+                .iter()
+                .map(|f| vec![0; f.fractions.len()])
+                .collect(),
+            classes: vec![0; baseline.class_distribution.len()],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::psi;
+
+    #[test]
+    fn psi_is_zero_for_the_same_distribution_and_grows_with_the_shift() {
+        assert!(psi(&[0.25; 4], &[25, 25, 25, 25]).abs() < 1e-12);
+        // Known value: (0.4-0.25)ln(0.4/0.25) + (0.1-0.25)ln(0.1/0.25), twice.
+        let expected = 2.0 * (0.15 * (1.6f64).ln() + (-0.15) * (0.4f64).ln());
+        assert!((psi(&[0.25; 4], &[40, 10, 40, 10]) - expected).abs() < 1e-12);
+        assert!(psi(&[0.25; 4], &[100, 0, 0, 0]) > 2.0);
+        assert_eq!(psi(&[0.5, 0.5], &[0, 0]), 0.0, "no rows, no drift");
+    }
+}

@@ -1,0 +1,134 @@
+//! Drift detection: traffic drawn like the training data stays under the PSI threshold;
+//! shifted traffic crosses it, on the admin endpoint and in the metrics.
+
+use std::sync::Arc;
+
+use infergate_registry::{
+    ArtifactKind, Baseline, NewArtifact, NewVersion, PLATFORM_ONNX, Registry, inspect,
+};
+use infergate_server::repository::Repository;
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, direct_ort_f32, loopback_config, ort_runtime, repo_dir};
+
+/// Iris-like rows: four features, each normal with its own mean and spread (a seeded
+/// generator, Box-Muller), each feature then scaled by `scale` and moved by `shift`.
+fn rows(n: usize, seed: u64, scale: f32, shift: f32) -> Vec<f32> {
+    let (mean, sd) = ([5.8f32, 3.0, 4.3, 1.3], [0.8f32, 0.4, 1.7, 0.7]);
+    let mut state = seed;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n * 4)
+        .map(|i| {
+            let z = (-2.0 * uniform().ln()).sqrt() * (2.0 * std::f64::consts::PI * uniform()).cos();
+            (mean[i % 4] + sd[i % 4] * z as f32) * scale + shift
+        })
+        .collect()
+}
+
+fn argmax_rows(probabilities: &[f32], classes: usize) -> Vec<u32> {
+    probabilities
+        .chunks(classes)
+        .map(|p| {
+            p.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i as u32)
+        })
+        .collect()
+}
+
+async fn send(s: &TestServer, rows: &[f32]) {
+    for row in rows.chunks(4) {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}]});
+        let (status, out) = s.post_json("/v2/models/iris/infer", &body).await;
+        assert_eq!(status, 200, "{out}");
+    }
+}
+
+async fn last_window(s: &TestServer) -> Value {
+    let report = s.admin_get_json("/admin/models/iris/drift").await;
+    report["versions"][0]["last_window"].clone()
+}
+
+#[tokio::test]
+async fn shifted_traffic_crosses_the_drift_threshold_and_training_like_traffic_does_not() {
+    let model = repo_dir().join("iris_mlp/1/model.onnx");
+    let bytes = std::fs::read(&model).unwrap();
+    // The baseline the trainer would record: input bins and the model's class distribution
+    // on the training rows.
+    let train = rows(4000, 1, 1.0, 0.0);
+    let labels = argmax_rows(&direct_ort_f32(&model, "input", &[4000, 4], &train), 3);
+    let baseline = Baseline::from_rows(&train, 4, 10, &labels, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.register(NewVersion {
+        model: "iris".into(),
+        platform: PLATFORM_ONNX.into(),
+        signature: inspect::onnx_signature(&bytes).unwrap(),
+        artifacts: vec![NewArtifact {
+            kind: ArtifactKind::Onnx,
+            bytes,
+        }],
+        baseline: Some(baseline),
+        author: "test".into(),
+        ..NewVersion::default()
+    })
+    .unwrap();
+    let mut config = loopback_config();
+    config.drift.sample_every = 1;
+    config.drift.window_rows = 300;
+    let repository = Arc::new(
+        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+            .with_registry(Arc::new(Registry::open(dir.path()).unwrap()))
+            .with_drift(config.drift.clone()),
+    );
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, repository).await;
+
+    // Fresh rows drawn like the training data (another seed).
+    send(&s, &rows(300, 2, 1.0, 0.0)).await;
+    let calm = last_window(&s).await;
+    assert_eq!(calm["rows"], 300, "{calm}");
+    assert_eq!(calm["drifted"], false, "{calm}");
+    assert!(calm["max_feature_psi"].as_f64().unwrap() < 0.1, "{calm}");
+    assert!(calm["class_psi"].as_f64().unwrap() < 0.1, "{calm}");
+
+    // The same traffic, brighter: every feature 30% larger and moved up by one.
+    send(&s, &rows(300, 3, 1.3, 1.0)).await;
+    let shifted = last_window(&s).await;
+    assert_eq!(shifted["drifted"], true, "{shifted}");
+    assert!(
+        shifted["max_feature_psi"].as_f64().unwrap() > 0.2,
+        "{shifted}"
+    );
+    assert_eq!(shifted["features_over_threshold"], 4, "{shifted}");
+
+    let metrics = s.admin_get_text("/metrics").await;
+    let psi = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("infergate_drift_psi{")
+                && l.contains("model=\"iris\"")
+                && l.contains("kind=\"max_feature\"")
+        })
+        .expect("drift metric");
+    let value: f64 = psi.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (value - shifted["max_feature_psi"].as_f64().unwrap()).abs() < 1e-9,
+        "{psi}"
+    );
+    // A model that is not loaded is a 404.
+    let r = s
+        .http
+        .get(s.admin_url("/admin/models/nope/drift"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    s.stop().await;
+}
