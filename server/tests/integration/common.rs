@@ -299,3 +299,13 @@ pub async fn raw_exchange(
     let _ = tokio::time::timeout(wait, tcp.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A gRPC infer request for `iris_mlp`: `rows` (four values a row) as raw contents.
+pub fn iris_grpc(rows: &[f32]) -> infergate_proto::inference::ModelInferRequest {
+    infergate_proto::inference::ModelInferRequest {
+        model_name: "iris_mlp".into(),
+        inputs: vec![grpc_input("input", "FP32", &[rows.len() as i64 / 4, 4])],
+        raw_input_contents: vec![bytemuck::cast_slice::<f32, u8>(rows).to_vec().into()],
+        ..Default::default()
+    }
+}

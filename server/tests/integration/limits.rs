@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use infergate_proto::inference as pb;
 use serde_json::json;
 
 use crate::common::*;
@@ -15,19 +14,6 @@ fn iris_rows(rows: usize) -> Vec<f32> {
 
 fn http_body(rows: usize) -> serde_json::Value {
     json!({"inputs": [{"name": "input", "shape": [rows, 4], "datatype": "FP32", "data": iris_rows(rows)}]})
-}
-
-fn grpc_request(rows: usize) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "iris_mlp".into(),
-        inputs: vec![grpc_input("input", "FP32", &[rows as i64, 4])],
-        raw_input_contents: vec![
-            bytemuck::cast_slice::<f32, u8>(&iris_rows(rows))
-                .to_vec()
-                .into(),
-        ],
-        ..Default::default()
-    }
 }
 
 #[tokio::test]
@@ -47,7 +33,7 @@ async fn every_limit_answers_its_own_status() {
     // Within every limit: 200 (iris_mlp batches up to 64 rows).
     let (status, body) = s.post_json(infer, &http_body(50)).await;
     assert_eq!(status, 200, "{body}");
-    grpc.model_infer(grpc_request(50)).await.unwrap();
+    grpc.model_infer(iris_grpc(&iris_rows(50))).await.unwrap();
 
     // Tensor elements: 51 rows x 4 = 204 > 200.
     let (status, body) = s.post_json(infer, &http_body(51)).await;
@@ -59,7 +45,10 @@ async fn every_limit_answers_its_own_status() {
             .contains("input 'input' has 204 elements, over the limit of 200"),
         "{body}"
     );
-    let err = grpc.model_infer(grpc_request(51)).await.unwrap_err();
+    let err = grpc
+        .model_infer(iris_grpc(&iris_rows(51)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
     assert!(
         err.message().contains("server.max_tensor_elements"),
@@ -71,7 +60,7 @@ async fn every_limit_answers_its_own_status() {
                      "parameters": {"padding": "x".repeat(20_000)}});
     let (status, body) = s.post_json(infer, &big).await;
     assert_eq!(status, 413, "{body}");
-    let mut padded = grpc_request(1);
+    let mut padded = iris_grpc(&iris_rows(1));
     padded.id = "x".repeat(20_000);
     let err = grpc.model_infer(padded).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
@@ -83,7 +72,7 @@ async fn every_limit_answers_its_own_status() {
     );
     let reply = raw_exchange(s.addrs.http, &head, b"", Duration::from_secs(5)).await;
     assert!(reply.starts_with("HTTP/1.1 431"), "{reply}");
-    let mut loud = tonic::Request::new(grpc_request(1));
+    let mut loud = tonic::Request::new(iris_grpc(&iris_rows(1)));
     loud.metadata_mut()
         .insert("x-junk", "a".repeat(16 * 1024).parse().unwrap());
     assert!(
@@ -108,7 +97,7 @@ async fn every_limit_answers_its_own_status() {
     let err = s
         .grpc()
         .await
-        .model_infer(grpc_request(65))
+        .model_infer(iris_grpc(&iris_rows(65)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
@@ -128,7 +117,7 @@ async fn every_limit_answers_its_own_status() {
     let err = s
         .grpc()
         .await
-        .model_infer(grpc_request(1))
+        .model_infer(iris_grpc(&iris_rows(1)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");

@@ -5,10 +5,9 @@ use std::collections::HashMap;
 use std::io::Write as _;
 
 use infergate_config::{RouteConfig, VariantConfig};
-use infergate_proto::inference as pb;
 use serde_json::json;
 
-use crate::common::{TestServer, grpc_input, repo_dir};
+use crate::common::{TestServer, iris_grpc, repo_dir};
 
 /// `promtool check metrics` on `text`: its exit status and what it printed.
 fn promtool_check(text: &str) -> (bool, String) {
@@ -89,18 +88,9 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     }
     let mut grpc = s.grpc().await;
     for _ in 0..5 {
-        grpc.model_infer(pb::ModelInferRequest {
-            model_name: "iris_mlp".into(),
-            inputs: vec![grpc_input("input", "FP32", &[1, 4])],
-            raw_input_contents: vec![
-                bytemuck::cast_slice::<f32, u8>(&[5.1, 3.5, 1.4, 0.2])
-                    .to_vec()
-                    .into(),
-            ],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        grpc.model_infer(iris_grpc(&[5.1, 3.5, 1.4, 0.2]))
+            .await
+            .unwrap();
     }
 
     let text = s.admin_get_text("/metrics").await;

@@ -15,6 +15,7 @@ use crate::common::*;
 const ADMIN: &str = "admin-token-1";
 const READ: &str = "read-token-1";
 const INFER: &str = "infer-token-1";
+const IRIS_ROW: [f32; 4] = [5.1, 3.5, 1.4, 0.2];
 
 fn token(name: &str, secret: &str, scopes: Vec<Scope>) -> TokenConfig {
     TokenConfig {
@@ -37,19 +38,6 @@ fn secured(config: &mut Config) {
 
 fn iris_body() -> Value {
     json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]})
-}
-
-fn iris_grpc() -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "iris_mlp".into(),
-        inputs: vec![grpc_input("input", "FP32", &[1, 4])],
-        raw_input_contents: vec![
-            bytemuck::cast_slice::<f32, u8>(&[5.1, 3.5, 1.4, 0.2])
-                .to_vec()
-                .into(),
-        ],
-        ..Default::default()
-    }
 }
 
 async fn send(
@@ -247,7 +235,7 @@ async fn grpc_model_control_wants_an_admin_token_and_is_audited() {
     );
     c.repository_model_unload(unload).await.unwrap();
     // Inference and metadata stay open without `require_infer_token`; health always is.
-    c.model_infer(iris_grpc()).await.unwrap();
+    c.model_infer(iris_grpc(&IRIS_ROW)).await.unwrap();
     assert!(
         c.server_ready(pb::ServerReadyRequest {})
             .await
@@ -325,15 +313,15 @@ async fn inference_tokens_when_required_on_both_protocols() {
     );
 
     let mut c = s.grpc().await;
-    let err = c.model_infer(iris_grpc()).await.unwrap_err();
+    let err = c.model_infer(iris_grpc(&IRIS_ROW)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
     let err = c
-        .model_infer(with_token(iris_grpc(), Some(READ)))
+        .model_infer(with_token(iris_grpc(&IRIS_ROW), Some(READ)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     let resp = c
-        .model_infer(with_token(iris_grpc(), Some(INFER)))
+        .model_infer(with_token(iris_grpc(&IRIS_ROW), Some(INFER)))
         .await
         .unwrap()
         .into_inner();
@@ -480,7 +468,11 @@ async fn tls_on_every_listener() {
     );
 
     let mut c = pki.grpc(s.addrs.grpc, false).await.unwrap();
-    let resp = c.model_infer(iris_grpc()).await.unwrap().into_inner();
+    let resp = c
+        .model_infer(iris_grpc(&IRIS_ROW))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(resp.outputs[0].shape, vec![1, 3]);
 
     // Plain text on a TLS port gets no answer; a client that does not trust the CA fails.
@@ -531,7 +523,7 @@ async fn mutual_tls_wants_a_client_certificate_from_the_ca() {
     assert!(stranger.get(s.url("/v2/health/live")).send().await.is_err());
 
     let mut c = pki.grpc(s.addrs.grpc, true).await.unwrap();
-    c.model_infer(iris_grpc()).await.unwrap();
+    c.model_infer(iris_grpc(&IRIS_ROW)).await.unwrap();
     let without = match pki.grpc(s.addrs.grpc, false).await {
         Err(_) => true,
         Ok(mut c) => c.server_live(pb::ServerLiveRequest {}).await.is_err(),
