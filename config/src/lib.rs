@@ -55,6 +55,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Drift detection against the training baselines of registry versions.
     pub drift: DriftConfig,
+    /// OpenTelemetry traces (OTLP export).
+    pub telemetry: TelemetryConfig,
     /// Bearer tokens and scopes, TLS, the audit log.
     pub security: SecurityConfig,
     /// A/B routes: clients call the route's name; each request goes to one variant in
@@ -238,6 +240,81 @@ impl Default for ModelsConfig {
     }
 }
 
+/// OpenTelemetry traces: one span per request with its stages, joined to the caller's trace
+/// (W3C `traceparent`), exported over OTLP. The standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME` and
+/// `OTEL_TRACES_SAMPLER_ARG` fill what this section leaves unset.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP collector endpoint, e.g. `http://otel-collector:4317` (gRPC) or
+    /// `http://otel-collector:4318` (HTTP); none: traces are not exported.
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub otlp_protocol: String,
+    /// Headers sent with every export (an API key, say).
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
+    /// Share of new traces recorded, 0 to 1; a caller's sampling decision is followed.
+    pub sampling_ratio: f64,
+    /// The `service.name` of the spans.
+    pub service_name: String,
+    /// Finished spans waiting for export; more are dropped, never waited for.
+    pub max_queue: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            otlp_protocol: "grpc".into(),
+            otlp_headers: Default::default(),
+            sampling_ratio: 1.0,
+            service_name: "infergate".into(),
+            max_queue: 2048,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Fills unset settings from the standard `OTEL_…` variables of `env`.
+    pub fn apply_otel_env(&mut self, env: &[(String, String)]) {
+        let var = |name: &str| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        };
+        let defaults = Self::default();
+        if self.otlp_endpoint.is_none() {
+            self.otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
+        }
+        if self.otlp_protocol == defaults.otlp_protocol
+            && let Some(p) = var("OTEL_EXPORTER_OTLP_PROTOCOL")
+        {
+            self.otlp_protocol = p;
+        }
+        if self.otlp_headers.is_empty()
+            && let Some(h) = var("OTEL_EXPORTER_OTLP_HEADERS")
+        {
+            self.otlp_headers = h
+                .split(',')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect();
+        }
+        if self.service_name == defaults.service_name
+            && let Some(n) = var("OTEL_SERVICE_NAME")
+        {
+            self.service_name = n;
+        }
+        if self.sampling_ratio == defaults.sampling_ratio
+            && let Some(r) = var("OTEL_TRACES_SAMPLER_ARG").and_then(|r| r.parse().ok())
+        {
+            self.sampling_ratio = r;
+        }
+    }
+}
+
 /// Drift detection: live inputs and predictions of registry versions that carry a training
 /// baseline, compared window by window (population stability index).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
@@ -397,9 +474,14 @@ impl Config {
                 *value = "<redacted>".into();
             }
         }
+        let mut telemetry = self.telemetry.clone();
+        for value in telemetry.otlp_headers.values_mut() {
+            *value = "<redacted>".into();
+        }
         Self {
             security: self.security.redacted(),
             models,
+            telemetry,
             ..self.clone()
         }
     }
@@ -461,6 +543,18 @@ impl Config {
             }
         }
         errors.extend(self.model_defaults().check());
+        if !matches!(
+            self.telemetry.otlp_protocol.as_str(),
+            "grpc" | "http/protobuf"
+        ) {
+            errors.push(format!(
+                "telemetry.otlp_protocol must be \"grpc\" or \"http/protobuf\", not {:?}",
+                self.telemetry.otlp_protocol
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            errors.push("telemetry.sampling_ratio must be between 0 and 1".to_string());
+        }
         if self.drift.sample_every == 0 || self.drift.window_rows == 0 {
             errors.push("drift.sample_every and drift.window_rows must be at least 1".to_string());
         }

@@ -152,8 +152,13 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
             "security.insecure_admin",
             args.insecure_admin.then_some(true),
         );
-    let config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
-    let log = Arc::new(crate::logging::init(&config.log));
+    let mut config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
+    config.telemetry.apply_otel_env(&env);
+    let traces = crate::telemetry::provider(&config.telemetry)?;
+    let tracer = traces
+        .as_ref()
+        .map(|p| opentelemetry::trace::TracerProvider::tracer(p, "infergate"));
+    let log = Arc::new(crate::logging::init(&config.log, tracer));
     tracing::info!(config = ?config.redacted(), "effective configuration");
 
     let root = config.models.repository.clone();
@@ -187,14 +192,19 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     let listeners = Listeners::bind(&config.server).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    crate::run(RunArgs {
+    let served = crate::run(RunArgs {
         log: Some(log),
         config,
         repository,
         listeners,
         shutdown,
     })
-    .await
+    .await;
+    if let Some(traces) = traces {
+        // Export what is still queued before the process ends.
+        let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    }
+    served
 }
 
 /// Where the configured registry is: a directory, PostgreSQL and/or object storage (with the

@@ -59,6 +59,9 @@ pub struct InferRequest {
     pub priority: u32,
     /// Sticky routing key for A/B routes (header/metadata `x-infergate-route-key`).
     pub route_key: Option<String>,
+    /// The request's trace span (the front end's, current when the request was made): a
+    /// batch that serves it links to it.
+    pub span: tracing::Span,
 }
 
 impl InferRequest {
@@ -76,6 +79,7 @@ impl InferRequest {
             received: Instant::now(),
             deadline: None,
             priority: 0,
+            span: tracing::Span::current(),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod repository;
 pub mod security;
 pub mod stack;
 pub mod stats;
+pub mod telemetry;
 pub mod tls;
 pub mod views;
 

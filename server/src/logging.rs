@@ -50,8 +50,12 @@ impl LogControl {
     }
 }
 
-/// Installs the process-wide subscriber from `[log]` and returns its control.
-pub fn init(config: &infergate_config::LogConfig) -> LogControl {
+/// Installs the process-wide subscriber from `[log]` (and, with `tracer`, OpenTelemetry
+/// export of spans) and returns its control.
+pub fn init(
+    config: &infergate_config::LogConfig,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> LogControl {
     let initial = if EnvFilter::try_new(&config.level).is_ok() {
         config.level.clone()
     } else {
@@ -59,7 +63,8 @@ pub fn init(config: &infergate_config::LogConfig) -> LogControl {
     };
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if config.format == "json" {
         registry.with(fmt.json()).try_init()
     } else {

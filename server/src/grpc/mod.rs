@@ -137,6 +137,7 @@ async fn infer_one(
         &request.model_name,
         client,
     )?;
+    let decode = tracing::info_span!("decode").entered();
     let mut req = convert::request(request)?;
     req.check_limits(gateway.config.server.max_tensor_elements)?;
     req.apply_parameters()?;
@@ -144,12 +145,16 @@ async fn infer_one(
         req.tighten_deadline(timeout);
     }
     req.route_key = route_key;
+    drop(decode);
+    req.span = tracing::Span::current();
     let resp = gateway
         .stack
         .clone()
         .oneshot(req)
         .await
         .map_err(ServeError::from)?;
+    crate::telemetry::record_response(&tracing::Span::current(), gateway, &resp);
+    let _encode = tracing::info_span!("encode").entered();
     Ok(convert::response(resp))
 }
 
@@ -213,6 +218,7 @@ impl GrpcInferenceService for Inference {
         &self,
         r: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        use tracing::Instrument as _;
         let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
         let timeout = grpc_timeout(r.metadata());
         let route_key = r
@@ -220,7 +226,18 @@ impl GrpcInferenceService for Inference {
             .get(ROUTE_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let resp = infer_one(&self.gateway, r.into_inner(), &client, timeout, route_key).await?;
+        let span = crate::telemetry::request_span(
+            &r.metadata().clone().into_headers(),
+            &r.get_ref().model_name,
+            "grpc",
+        );
+        let trace_id = crate::telemetry::trace_id(&span);
+        let resp = infer_one(&self.gateway, r.into_inner(), &client, timeout, route_key)
+            .instrument(span.clone())
+            .await
+            .inspect_err(|e| {
+                span.record("outcome", e.kind.as_str());
+            })?;
         let variant = resp
             .parameters
             .get(VARIANT_PARAM)
@@ -231,6 +248,11 @@ impl GrpcInferenceService for Inference {
         let mut response = Response::new(resp);
         if let Some(variant) = variant {
             response.metadata_mut().insert(VARIANT_HEADER, variant);
+        }
+        if let Some(id) = trace_id.and_then(|id| id.parse().ok()) {
+            response
+                .metadata_mut()
+                .insert(crate::telemetry::TRACE_ID_HEADER, id);
         }
         Ok(response)
     }

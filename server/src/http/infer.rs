@@ -62,10 +62,26 @@ pub(crate) async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match handle(&g, path, &headers, body).await {
+    use tracing::Instrument as _;
+    let span = crate::telemetry::request_span(&headers, &path.model, "http");
+    let trace_id = crate::telemetry::trace_id(&span);
+    let mut response = match handle(&g, path, &headers, body)
+        .instrument(span.clone())
+        .await
+    {
         Ok(response) => response,
-        Err(e) => error_response(&e),
+        Err(e) => {
+            span.record("outcome", e.kind.as_str());
+            error_response(&e)
+        }
+    };
+    if let Some(id) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(
+            header::HeaderName::from_static(crate::telemetry::TRACE_ID_HEADER),
+            id,
+        );
     }
+    response
 }
 
 async fn handle(
@@ -100,6 +116,7 @@ async fn handle(
                 })?,
         ),
     };
+    let decode = tracing::info_span!("decode").entered();
     let (mut req, prefs) = match header_len {
         Some(0) if g.routes.load().is_route(&path.model) => {
             return Err(ServeError::invalid(format!(
@@ -126,14 +143,19 @@ async fn handle(
         .get(ROUTE_KEY_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    drop(decode);
+    req.span = tracing::Span::current();
     let resp = g
         .stack
         .clone()
         .oneshot(req)
         .await
         .map_err(ServeError::from)?;
+    crate::telemetry::record_response(&tracing::Span::current(), g, &resp);
+    let encode = tracing::info_span!("encode").entered();
     let (json, binary) = codec::encode(&resp, &prefs);
     let mut response = encode_http(json, binary);
+    drop(encode);
     if let Some(variant) = variant_of(&resp).and_then(|v| HeaderValue::from_str(v).ok()) {
         response
             .headers_mut()

@@ -4,6 +4,7 @@ pub(crate) mod codec;
 mod infer;
 mod listen;
 
+pub(crate) use infer::variant_of;
 pub use listen::{ConnLimits, serve};
 
 use std::sync::Arc;

@@ -59,7 +59,23 @@ impl Service<InferRequest> for Execute {
                 1
             };
             let inputs = std::mem::take(&mut req.inputs);
-            let output = target.model.infer(inputs)?.await?;
+            let span = tracing::info_span!(
+                "execute",
+                model = %target.name,
+                version = %target.version_label,
+                queue_us = tracing::field::Empty,
+                compute_us = tracing::field::Empty,
+            );
+            let output = {
+                use tracing::Instrument as _;
+                target.model.infer(inputs)?.instrument(span.clone()).await?
+            };
+            span.record("queue_us", output.timings.queue.as_micros() as u64);
+            span.record(
+                "compute_us",
+                (output.timings.input + output.timings.infer + output.timings.output).as_micros()
+                    as u64,
+            );
             target.stats.record_execution(rows, &output.timings);
             let t = &output.timings;
             metrics

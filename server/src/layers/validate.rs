@@ -48,7 +48,11 @@ where
             )
             .into())));
         };
-        match check(&req, target) {
+        let checked = {
+            let _span = tracing::info_span!("validate").entered();
+            check(&req, target)
+        };
+        match checked {
             Ok(()) => {
                 target.recent_shapes.record(&req.inputs);
                 Either::Right(self.inner.call(req))

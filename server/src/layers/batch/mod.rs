@@ -308,11 +308,17 @@ async fn execute<S>(inner: S, mut batch: Vec<Pending>)
 where
     S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
 {
+    use tracing::Instrument as _;
     let started = Instant::now();
+    // One span for the execution, linked to every request span it served.
+    let span = tracing::info_span!("batch_execute", batch_size = batch.len());
+    for p in &batch {
+        span.follows_from(&p.req.span);
+    }
     if batch.len() == 1 {
         let p = batch.pop().expect("one request");
         let queued = started - p.enqueued;
-        let result = inner.oneshot(p.req).await.map(|mut resp| {
+        let result = inner.oneshot(p.req).instrument(span).await.map(|mut resp| {
             resp.timings.queue += queued;
             resp
         });
@@ -323,7 +329,7 @@ where
         Ok(req) => req,
         Err(e) => return fail_all(batch, &e),
     };
-    match inner.oneshot(combined).await {
+    match inner.oneshot(combined).instrument(span).await {
         Ok(resp) => split(batch, resp, started),
         Err(e) => fail_all(batch, &ServeError::classify(e.as_ref())),
     }
