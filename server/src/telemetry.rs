@@ -125,6 +125,9 @@ pub fn record_response(
     g: &crate::Gateway,
     resp: &crate::core::InferResponse,
 ) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("version", resp.model_version.as_str());
     span.record("outcome", "success");
     if let Some(variant) = crate::http::variant_of(resp) {
