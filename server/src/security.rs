@@ -391,7 +391,10 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = futures::future::Either<
+        S::Future,
+        futures::future::BoxFuture<'static, Result<S::Response, S::Error>>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -401,8 +404,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
-        let need = grpc_need(&path);
+        let need = grpc_need(req.uri().path());
         // Model control switched off on this port: the service answers PERMISSION_DENIED, token
         // or not, as the public HTTP port answers 403.
         let control_off =
@@ -414,6 +416,11 @@ where
                 .security
                 .public(req.headers().get(header::AUTHORIZATION), need)
         };
+        // The common case: nothing to audit, no allocation.
+        if need != Need::Admin && checked.is_ok() {
+            return futures::future::Either::Left(self.inner.call(req));
+        }
+        let path = req.uri().path().to_string();
         let peer = req
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
@@ -429,20 +436,20 @@ where
         match checked {
             Ok(principal) => {
                 let fut = self.inner.call(req);
-                Box::pin(async move {
+                futures::future::Either::Right(Box::pin(async move {
                     let response = fut.await?;
                     if need == Need::Admin {
                         audit_grpc(&gateway, &principal.0, &path, peer, &response);
                     }
                     Ok(response)
-                })
+                }))
             }
             Err(e) => {
                 let response = e.to_status().into_http();
                 if need == Need::Admin {
                     audit_grpc(&gateway, "anonymous", &path, peer, &response);
                 }
-                Box::pin(futures::future::ready(Ok(response)))
+                futures::future::Either::Right(Box::pin(futures::future::ready(Ok(response))))
             }
         }
     }

@@ -100,6 +100,16 @@ pub fn request_span(
     model: &str,
     protocol: &'static str,
 ) -> tracing::Span {
+    request_span_with(|| headers.clone(), model, protocol)
+}
+
+/// [`request_span`] with the headers produced only when the span is recorded (gRPC metadata
+/// must be copied into headers to be read).
+pub fn request_span_with(
+    headers: impl FnOnce() -> http::HeaderMap,
+    model: &str,
+    protocol: &'static str,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "infer",
         otel.name = %format!("infer {model}"),
@@ -112,7 +122,11 @@ pub fn request_span(
         platform = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    let parent = TraceContextPropagator::new().extract(&Headers(headers));
+    if span.is_disabled() {
+        return span;
+    }
+    let headers = headers();
+    let parent = TraceContextPropagator::new().extract(&Headers(&headers));
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }

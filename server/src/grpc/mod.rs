@@ -226,8 +226,8 @@ impl GrpcInferenceService for Inference {
             .get(ROUTE_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let span = crate::telemetry::request_span(
-            &r.metadata().clone().into_headers(),
+        let span = crate::telemetry::request_span_with(
+            || r.metadata().clone().into_headers(),
             &r.get_ref().model_name,
             "grpc",
         );
