@@ -24,7 +24,7 @@ pub use registry::{
     GcReport, NewArtifact, NewVersion, Promotion, Registry, RegistryLocation, VerifyReport,
 };
 pub use store::{ArtifactStore, FsStore, sha256_file, sha256_hex};
-pub use time::format_millis;
+pub use time::{format_millis, now_millis};
 pub use types::{
     Artifact, ArtifactKind, AuditEntry, Lineage, ModelSummary, Signature, TensorSig, VersionRecord,
 };

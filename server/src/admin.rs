@@ -125,13 +125,8 @@ async fn metrics(State(g): State<Arc<Gateway>>, headers: axum::http::HeaderMap) 
             .get_or_create(&v.labels)
             .set(v.weight_bytes as i64);
     }
-    m.unavailable_versions.set(
-        g.repository
-            .index(false)
-            .iter()
-            .filter(|e| e.state == "UNAVAILABLE")
-            .count() as i64,
-    );
+    m.unavailable_versions
+        .set(g.repository.failed_loads() as i64);
     crate::metrics::Metrics::catch_up(
         &m.swaps,
         g.repository

@@ -498,6 +498,17 @@ impl Repository {
             .collect()
     }
 
+    /// Versions (or whole models) that failed to load and are not unloaded on purpose: what
+    /// `infergate_unavailable_model_versions` reports, without reading the folder or registry.
+    pub fn failed_loads(&self) -> usize {
+        self.models
+            .load()
+            .values()
+            .filter(|e| !e.unloaded)
+            .map(|e| e.failures.len())
+            .sum()
+    }
+
     /// The repository index: every model in the folder or loaded, with state and reason.
     pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         let models = self.models.load();

@@ -216,9 +216,7 @@ impl Audit {
     }
 
     pub fn record(&self, entry: &AuditEntry<'_>) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = infergate_registry::now_millis();
         let value = json!({
             "time": infergate_registry::format_millis(now),
             "actor": entry.actor,

@@ -561,6 +561,12 @@ async fn loads_over_the_memory_budget_fail_and_leave_what_serves() {
         (200, Some("1")),
         "{out}"
     );
+    // The failed load is what the alert's gauge counts.
+    let metrics = s.admin_get_text("/metrics").await;
+    assert!(
+        metrics.contains("infergate_unavailable_model_versions 1\n"),
+        "{metrics}"
+    );
     s.stop().await;
 }
 
