@@ -154,7 +154,8 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         );
     let mut config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
     config.telemetry.apply_otel_env(&env);
-    let traces = crate::telemetry::provider(&config.telemetry)?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let traces = crate::telemetry::provider(&config.telemetry, &metrics.trace_spans)?;
     let tracer = traces
         .as_ref()
         .map(|p| opentelemetry::trace::TracerProvider::tracer(p, "infergate"));
@@ -194,6 +195,7 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
     tokio::spawn(signal_shutdown(shutdown.clone()));
     let served = crate::run(RunArgs {
         log: Some(log),
+        metrics: Some(metrics),
         config,
         repository,
         listeners,

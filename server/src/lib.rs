@@ -81,8 +81,17 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, repository: Arc<Repository>) -> anyhow::Result<Arc<Self>> {
+        Self::with_metrics(config, repository, Arc::default())
+    }
+
+    /// [`Gateway::new`] exporting into `metrics` (made earlier, e.g. for the trace exporter's
+    /// counters).
+    pub fn with_metrics(
+        config: Config,
+        repository: Arc<Repository>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Self>> {
         let security = security::Security::new(&config.security)?;
-        let metrics = Arc::new(Metrics::default());
         let routes = Arc::new(layers::route::RouteTable::new(&config.routes));
         if let Some(registry) = repository.registry() {
             routes.on_canary_transition(canary_audit(Arc::clone(registry)));
@@ -166,6 +175,8 @@ pub struct RunArgs {
     pub shutdown: CancellationToken,
     /// The log filter the admin API may change.
     pub log: Option<Arc<logging::LogControl>>,
+    /// The metrics to export into (fresh ones when none).
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests (bounded by
@@ -177,10 +188,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         listeners,
         shutdown,
         log,
+        metrics,
     } = args;
     let addrs = listeners.addrs()?;
     let drain = Duration::from_millis(config.server.drain_timeout_ms);
-    let gateway = Gateway::new(config, repository)?;
+    let gateway = Gateway::with_metrics(config, repository, metrics.unwrap_or_default())?;
     if let Some(log) = log {
         let _ = gateway.log.set(log);
     }

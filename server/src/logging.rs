@@ -1,9 +1,14 @@
 //! Logging: the `tracing` subscriber (text or JSON on stderr) with a filter that the admin API
-//! can change while the server runs (`GET`/`PUT /admin/log-level`).
+//! can change while the server runs (`GET`/`PUT /admin/log-level`). A JSON line logged inside
+//! a traced request carries its `trace_id` and `span_id`.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use opentelemetry::trace::TraceContextExt as _;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Json, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -50,6 +55,79 @@ impl LogControl {
     }
 }
 
+/// tracing-subscriber's JSON lines with the current span's trace and span ids added (when
+/// the span is recorded by OpenTelemetry), so logs and traces join on `trace_id`.
+///
+/// The ids live with the OpenTelemetry layer, which answers through the dispatcher; inside an
+/// event the current dispatcher cannot be asked for (tracing guards against re-entry), so the
+/// formatter is told its own with [`JsonWithTraceIds::bind`].
+pub struct JsonWithTraceIds {
+    format: Format<Json>,
+    dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
+}
+
+impl Default for JsonWithTraceIds {
+    fn default() -> Self {
+        Self {
+            format: Format::default().json(),
+            dispatch: Arc::default(),
+        }
+    }
+}
+
+impl JsonWithTraceIds {
+    /// A handle that binds this formatter to the dispatcher it ends up in.
+    pub fn binder(&self) -> Binder {
+        Binder(Arc::clone(&self.dispatch))
+    }
+}
+
+/// Tells a [`JsonWithTraceIds`] which dispatcher holds the OpenTelemetry layer.
+pub struct Binder(Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl Binder {
+    pub fn bind(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        // Read before formatting: the formatter holds span extensions while it writes.
+        let ids = ctx.lookup_current().and_then(|span| {
+            let dispatch = self.dispatch.get()?.upgrade()?;
+            let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
+            let ids = context.span().span_context().clone();
+            ids.is_valid().then_some(ids)
+        });
+        let Some(ids) = ids else {
+            return self.format.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.format
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let object = line.trim_end();
+        match object.strip_suffix('}') {
+            Some(open) => writeln!(
+                writer,
+                r#"{open},"trace_id":"{}","span_id":"{}"}}"#,
+                ids.trace_id(),
+                ids.span_id()
+            ),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
 /// Installs the process-wide subscriber from `[log]` (and, with `tracer`, OpenTelemetry
 /// export of spans) and returns its control.
 pub fn init(
@@ -66,9 +144,82 @@ pub fn init(
     let otel = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if config.format == "json" {
-        registry.with(fmt.json()).try_init()
+        let format = JsonWithTraceIds::default();
+        let binder = format.binder();
+        let installed = registry
+            .with(
+                fmt.event_format(format)
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()),
+            )
+            .try_init();
+        // Outside any scoped dispatcher, the default is the global one just installed.
+        tracing::dispatcher::get_default(|d| binder.bind(d));
+        installed
     } else {
         registry.with(fmt).try_init()
     };
     LogControl::new(&initial, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::JsonWithTraceIds;
+
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_inside_a_traced_span_carry_its_trace_and_span_ids() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let format = JsonWithTraceIds::default();
+        let binder = format.binder();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_writer(move || writer.clone()),
+            );
+        let dispatch = tracing::Dispatch::new(subscriber);
+        binder.bind(&dispatch);
+        let ids = tracing::dispatcher::with_default(&dispatch, || {
+            tracing::info!(answer = 42, "outside any span");
+            let span = tracing::info_span!("infer");
+            let ids = crate::telemetry::span_context(&span).expect("a recorded span");
+            span.in_scope(|| tracing::warn!(model = "iris", "inside the request"));
+            ids
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(parsed.len(), 2, "{text}");
+        assert_eq!(parsed[0]["fields"]["answer"], 42);
+        assert!(parsed[0].get("trace_id").is_none(), "{}", parsed[0]);
+        assert_eq!(parsed[1]["fields"]["model"], "iris");
+        assert_eq!(parsed[1]["level"], "WARN");
+        assert_eq!(parsed[1]["trace_id"], ids.trace_id().to_string());
+        assert_eq!(parsed[1]["span_id"], ids.span_id().to_string());
+        assert_eq!(parsed[1]["span"]["name"], "infer");
+    }
 }

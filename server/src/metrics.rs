@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -50,7 +51,23 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// Labels of an exemplar: the trace of a request that was sampled.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+/// Labels of exported trace spans.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    /// `exported`, `dropped` (the export queue was full) or `failed` (the collector refused
+    /// them or could not be reached).
+    pub result: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type ExemplarHistogramFamily<L> =
+    Family<L, HistogramWithExemplars<TraceLabels>, fn() -> HistogramWithExemplars<TraceLabels>>;
 
 /// Batch sizes: powers of two up to 1024.
 fn batch_histogram() -> Histogram {
@@ -62,11 +79,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
+/// [`latency_histogram`]'s buckets, each keeping the trace id of its last sampled request.
+fn latency_histogram_with_exemplars() -> HistogramWithExemplars<TraceLabels> {
+    HistogramWithExemplars::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
 /// The metric set and its registry.
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: HistogramFamily<RequestLabels>,
+    /// Request latency; in OpenMetrics each bucket carries the trace id of the last sampled
+    /// request that fell in it (an exemplar).
+    pub request_duration: ExemplarHistogramFamily<RequestLabels>,
     pub queue_duration: HistogramFamily<ModelLabels>,
     pub compute_duration: HistogramFamily<ModelLabels>,
     pub batch_size: HistogramFamily<ModelLabels>,
@@ -91,6 +115,8 @@ pub struct Metrics {
     pub process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// The last closed drift window's PSI, by model, version and kind.
     pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Trace spans by export result (the exporter's own counters; see `telemetry`).
+    pub trace_spans: Family<SpanLabels, Counter>,
 }
 
 /// Labels of drift series.
@@ -112,8 +138,9 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("infergate");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration =
-            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_duration = ExemplarHistogramFamily::new_with_constructor(
+            latency_histogram_with_exemplars as fn() -> HistogramWithExemplars<TraceLabels>,
+        );
         let queue_duration =
             HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
         let compute_duration =
@@ -133,6 +160,12 @@ impl Default for Metrics {
         let process_resident_bytes = Gauge::default();
         let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let drift_psi = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let trace_spans = Family::<SpanLabels, Counter>::default();
+        registry.register(
+            "trace_spans",
+            "Trace spans by export result: exported, dropped (export queue full), failed (collector unreachable or refusing)",
+            trace_spans.clone(),
+        );
         registry.register(
             "drift_psi",
             "Population stability index of the last closed drift window against the training baseline",
@@ -243,7 +276,17 @@ impl Default for Metrics {
             process_resident_bytes,
             process_cpu_seconds,
             drift_psi,
+            trace_spans,
         }
+    }
+}
+
+/// A sample line without its exemplar (` # {labels} value` after the sample's value).
+fn without_exemplar(line: &str) -> &str {
+    let labels_end = line.find("} ").map_or(0, |i| i + 2);
+    match line[labels_end..].find(" # ") {
+        Some(i) => &line[..labels_end + i],
+        None => line,
     }
 }
 
@@ -296,7 +339,7 @@ impl Metrics {
 
     /// The same metrics in Prometheus' classic text format (0.0.4), for scrapers that do not
     /// ask for OpenMetrics: a counter's HELP and TYPE name its `_total` series, and the
-    /// OpenMetrics-only lines (`# UNIT`, `# EOF`) are left out.
+    /// OpenMetrics-only parts (`# UNIT`, `# EOF`, exemplars) are left out.
     pub fn encode_text(&self) -> String {
         let open = self.encode();
         let counters: std::collections::HashSet<&str> = open
@@ -320,7 +363,7 @@ impl Metrics {
                         out.push_str(line);
                     }
                 }
-                None => out.push_str(line),
+                None => out.push_str(without_exemplar(line)),
             }
             out.push('\n');
         }

@@ -58,6 +58,8 @@ pub struct ModelVersion {
     pub warmed_with: Vec<InputShapes>,
     /// Drift against the training baseline (registry versions that carry one).
     pub drift: Option<Arc<crate::drift::Drift>>,
+    /// Where a registry version came from (trace attributes); none for repository versions.
+    pub lineage: Option<infergate_registry::Lineage>,
 }
 
 /// The shapes of one request's inputs, by input name.
@@ -610,6 +612,7 @@ fn new_version(
         recent_shapes: Arc::default(),
         warmed_with: Vec::new(),
         drift: None,
+        lineage: None,
         digest,
         admission,
         config,
@@ -867,6 +870,7 @@ fn load_registry_version(
         None,
     );
     loaded.properties.extend(registry_properties(record));
+    loaded.lineage = Some(record.lineage.clone());
     loaded.weight_bytes = size;
     if drift.enabled
         && let Some(baseline) = record.baseline.clone()

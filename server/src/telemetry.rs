@@ -3,9 +3,12 @@
 //!
 //! Requests are `tracing` spans; `tracing-opentelemetry` turns them into OpenTelemetry spans.
 //! Export runs on the batch processor's own thread: a full queue drops spans, the request path
-//! never waits for a collector.
+//! never waits for a collector. Every span is counted once in `infergate_trace_spans_total`:
+//! exported, dropped (queue full) or failed (the collector could not be reached or refused).
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -13,18 +16,28 @@ use infergate_config::TelemetryConfig;
 use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SpanData, SpanExporter,
+    SpanProcessor,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::metrics::SpanLabels;
 
 /// The response header carrying the request's trace id.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 /// The tracer provider built from `[telemetry]`; none without an endpoint. Call inside a tokio
-/// runtime (the gRPC exporter keeps its handle).
-pub fn provider(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProvider>> {
+/// runtime (the gRPC exporter keeps its handle). What becomes of every span is counted in
+/// `counts` (`result` = exported, dropped, failed).
+pub fn provider(
+    config: &TelemetryConfig,
+    counts: &Family<SpanLabels, Counter>,
+) -> anyhow::Result<Option<SdkTracerProvider>> {
     let Some(endpoint) = &config.otlp_endpoint else {
         return Ok(None);
     };
@@ -57,16 +70,24 @@ pub fn provider(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProv
             )
             .build()?
     };
+    let counts = SpanCounts::new(counts);
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(config.max_queue)
         .with_scheduled_delay(Duration::from_millis(500))
         .build();
-    let processor = BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch)
-        .build();
+    let processor = BatchSpanProcessor::builder(CountingExporter {
+        inner: exporter,
+        counts: counts.clone(),
+    })
+    .with_batch_config(batch)
+    .build();
     Ok(Some(
         SdkTracerProvider::builder()
-            .with_span_processor(processor)
+            .with_span_processor(BoundedProcessor {
+                inner: processor,
+                limit: config.max_queue,
+                counts,
+            })
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
                 config.sampling_ratio,
             ))))
@@ -77,6 +98,124 @@ pub fn provider(config: &TelemetryConfig) -> anyhow::Result<Option<SdkTracerProv
             )
             .build(),
     ))
+}
+
+/// Spans waiting for export (queued or in an export under way) and what became of the others.
+#[derive(Debug, Clone)]
+struct SpanCounts {
+    waiting: Arc<AtomicUsize>,
+    exported: Counter,
+    dropped: Counter,
+    failed: Counter,
+}
+
+impl SpanCounts {
+    fn new(family: &Family<SpanLabels, Counter>) -> Self {
+        let counter = |result| family.get_or_create(&SpanLabels { result }).clone();
+        Self {
+            waiting: Arc::default(),
+            exported: counter("exported"),
+            dropped: counter("dropped"),
+            failed: counter("failed"),
+        }
+    }
+}
+
+/// The batch processor behind a bound of its own, so that every span it would drop is counted
+/// (the SDK keeps its drop count to itself). The batch processor's queue is as long as the
+/// bound, so it never drops on its own.
+#[derive(Debug)]
+struct BoundedProcessor {
+    inner: BatchSpanProcessor,
+    limit: usize,
+    counts: SpanCounts,
+}
+
+impl SpanProcessor for BoundedProcessor {
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: SpanData) {
+        if self.counts.waiting.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.counts.waiting.fetch_sub(1, Ordering::AcqRel);
+            self.counts.dropped.inc();
+            return;
+        }
+        self.inner.on_end(span);
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+/// Counts the spans of each export as exported or failed when it ends (an export abandoned
+/// on timeout counts as failed).
+#[derive(Debug)]
+struct CountingExporter<E> {
+    inner: E,
+    counts: SpanCounts,
+}
+
+/// Settles one export's spans when dropped.
+struct Settle<'a> {
+    counts: &'a SpanCounts,
+    spans: usize,
+    ok: bool,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.counts.waiting.fetch_sub(self.spans, Ordering::AcqRel);
+        let counter = if self.ok {
+            &self.counts.exported
+        } else {
+            &self.counts.failed
+        };
+        counter.inc_by(self.spans as u64);
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
+    fn export(
+        &self,
+        batch: Vec<SpanData>,
+    ) -> impl std::future::Future<Output = OTelSdkResult> + Send {
+        let settle = Settle {
+            counts: &self.counts,
+            spans: batch.len(),
+            ok: false,
+        };
+        let export = self.inner.export(batch);
+        async move {
+            // Moved whole (not just the field set below), so it settles when the export ends.
+            let mut settle = settle;
+            let result = export.await;
+            settle.ok = result.is_ok();
+            result
+        }
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 /// HTTP headers (or gRPC metadata as headers) as a propagation carrier.
@@ -120,6 +259,10 @@ pub fn request_span_with(
         variant = tracing::field::Empty,
         artifact_digest = tracing::field::Empty,
         platform = tracing::field::Empty,
+        lineage_parent = tracing::field::Empty,
+        quantization = tracing::field::Empty,
+        distillation_teacher = tracing::field::Empty,
+        dataset_digest = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
     if span.is_disabled() {
@@ -153,7 +296,43 @@ pub fn record_response(
     {
         span.record("artifact_digest", v.digest.as_str());
         span.record("platform", v.model.platform());
+        if let Some(lineage) = &v.lineage {
+            if let Some(parent) = lineage.parent {
+                span.record("lineage_parent", parent);
+            }
+            if let Some(q) = &lineage.quantization {
+                span.record("quantization", q.as_str());
+            }
+            if let Some(t) = &lineage.distillation_teacher {
+                span.record("distillation_teacher", t.as_str());
+            }
+            if let Some(d) = &lineage.dataset_digest {
+                span.record("dataset_digest", d.as_str());
+            }
+        }
     }
+}
+
+/// The span's trace id when its trace is sampled (what an exemplar may point at).
+pub fn sampled_trace_id(span: &tracing::Span) -> Option<String> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    (span_context.is_valid() && span_context.is_sampled())
+        .then(|| span_context.trace_id().to_string())
+}
+
+/// The OpenTelemetry identity of a recorded span, for linking other spans to it without
+/// keeping it open.
+pub fn span_context(span: &tracing::Span) -> Option<opentelemetry::trace::SpanContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
 }
 
 /// The span's trace id as 32 hex digits, when the span is recorded.
@@ -161,4 +340,47 @@ pub fn trace_id(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let id = context.span().span_context().trace_id();
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Tracer as _, TracerProvider as _};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_span_is_counted_once_as_exported_dropped_or_failed() {
+        // A port nobody listens on: every export fails.
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let family = Family::<SpanLabels, Counter>::default();
+        let provider = provider(
+            &TelemetryConfig {
+                otlp_endpoint: Some(format!("http://127.0.0.1:{port}")),
+                max_queue: 8,
+                ..TelemetryConfig::default()
+            },
+            &family,
+        )
+        .unwrap()
+        .expect("an endpoint makes a provider");
+        let tracer = provider.tracer("test");
+        const SPANS: u64 = 200;
+        for i in 0..SPANS {
+            drop(tracer.start(format!("span {i}")));
+        }
+        let shut = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        assert!(shut.is_ok());
+        let count = |result| family.get_or_create(&SpanLabels { result }).get();
+        let (exported, dropped, failed) = (count("exported"), count("dropped"), count("failed"));
+        assert_eq!(exported, 0, "nothing can reach a closed port");
+        assert!(
+            dropped > 0,
+            "a queue of 8 cannot take {SPANS} spans at once"
+        );
+        assert!(failed > 0, "the queued spans were tried and failed");
+        assert_eq!(exported + dropped + failed, SPANS, "each span counted once");
+    }
 }

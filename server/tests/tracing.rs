@@ -1,10 +1,14 @@
 //! Traces: a real OTLP/gRPC receiver runs in-process; requests carrying a W3C `traceparent`
-//! produce spans in the caller's trace, with the stage children, the attributes, and a batch
-//! span linked to the request it served.
+//! (HTTP, gRPC, a gRPC stream) produce spans in the caller's trace, with the stage children
+//! (decode, validate, route, cache, queue wait, encode), the attributes (lineage included), a
+//! batch span linked to the request it served and a shadow span linked to its primary; the
+//! latency histogram carries the trace ids as exemplars; every span is counted as exported.
 
 use std::sync::{Arc, Mutex};
 
-use infergate_config::TelemetryConfig;
+use infergate_config::{RouteConfig, ShadowConfig, TelemetryConfig, VariantConfig};
+use infergate_registry::{ArtifactKind, Lineage, NewArtifact, NewVersion, PLATFORM_ONNX, Registry};
+use infergate_server::metrics::SpanLabels;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
@@ -14,6 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use tracing_subscriber::layer::SubscriberExt as _;
 
@@ -53,6 +59,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         match a.value.as_ref()?.value.as_ref()? {
             AnyValue::StringValue(s) => Some(s.clone()),
             AnyValue::IntValue(i) => Some(i.to_string()),
+            AnyValue::BoolValue(b) => Some(b.to_string()),
             other => Some(format!("{other:?}")),
         }
     })
@@ -62,6 +69,14 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 const GRPC_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const GRPC_PARENT: &str = "b7ad6b7169203331";
+const ROUTE_TRACE: &str = "11111111111111111111111111111111";
+const STREAM_TRACE: &str = "22222222222222222222222222222222";
+const STREAM_PARENT: &str = "2222222222222222";
+const LINEAGE_TRACE: &str = "33333333333333333333333333333333";
+
+fn traceparent(trace: &str, parent: &str) -> String {
+    format!("00-{trace}-{parent}-01")
+}
 
 #[tokio::test]
 async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
@@ -73,17 +88,22 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
             .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
-    let provider = infergate_server::telemetry::provider(&TelemetryConfig {
-        otlp_endpoint: Some(format!("http://{addr}")),
-        ..TelemetryConfig::default()
-    })
+    let counts = Family::<SpanLabels, Counter>::default();
+    let provider = infergate_server::telemetry::provider(
+        &TelemetryConfig {
+            otlp_endpoint: Some(format!("http://{addr}")),
+            ..TelemetryConfig::default()
+        },
+        &counts,
+    )
     .unwrap()
     .expect("an endpoint makes a provider");
     let subscriber = tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("infergate")));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
-    // iris_mlp version 1 with dynamic batching, so execution happens in a batch span.
+    // iris_mlp version 1 with dynamic batching, so execution happens in a batch span, and a
+    // response cache.
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("iris_mlp/1")).unwrap();
     std::fs::copy(
@@ -93,10 +113,65 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     .unwrap();
     std::fs::write(
         dir.path().join("iris_mlp/config.toml"),
-        "max_batch_size = 8\n[dynamic_batching]\n",
+        "max_batch_size = 8\n[dynamic_batching]\n[response_cache]\n",
     )
     .unwrap();
-    let s = TestServer::start_with(|c| c.models.repository = Some(dir.path().to_path_buf())).await;
+    // A registry version quantized from version 1, for the lineage attributes.
+    let registry_dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(repo_dir().join("iris_mlp/1/model.onnx")).unwrap();
+    let reg = Registry::open(registry_dir.path()).unwrap();
+    for lineage in [
+        Lineage::default(),
+        Lineage {
+            parent: Some(1),
+            quantization: Some("int8-qdq-per-channel".into()),
+            dataset_digest: Some("sha256:feed".into()),
+            ..Lineage::default()
+        },
+    ] {
+        reg.register(NewVersion {
+            model: "iris_reg".into(),
+            platform: PLATFORM_ONNX.into(),
+            signature: infergate_registry::inspect::onnx_signature(&bytes).unwrap(),
+            artifacts: vec![NewArtifact {
+                kind: ArtifactKind::Onnx,
+                bytes: bytes.clone(),
+            }],
+            lineage,
+            author: "test".into(),
+            ..NewVersion::default()
+        })
+        .unwrap();
+    }
+    let mut config = loopback_config();
+    config.models.repository = Some(dir.path().to_path_buf());
+    config.models.registry = Some(registry_dir.path().to_path_buf());
+    config.routes = vec![RouteConfig {
+        name: "iris-shadowed".into(),
+        variants: vec![VariantConfig {
+            name: "primary".into(),
+            model: "iris_mlp".into(),
+            version: Some("1".into()),
+            weight: 1,
+        }],
+        shadow: Some(ShadowConfig {
+            model: "iris_mlp".into(),
+            version: Some("1".into()),
+            fraction: 1.0,
+            queue: 8,
+        }),
+        canary: None,
+        fallback: None,
+    }];
+    let repository = infergate_server::repository::Repository::new(
+        config.models.repository.clone(),
+        Some(ort_runtime()),
+        config.runtime.clone(),
+    )
+    .with_registry(std::sync::Arc::new(reg));
+    let repository = std::sync::Arc::new(repository);
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, repository).await;
 
     let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
     let r = s
@@ -118,9 +193,82 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     let answer = grpc.model_infer(call).await.unwrap();
     assert_eq!(answer.metadata().get("x-trace-id").unwrap(), GRPC_TRACE);
 
+    // Through a route with a shadow; wait for the shadow call to finish.
+    let routed = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3.0, 5.2, 2.3]}]});
+    let r = s
+        .http
+        .post(s.url("/v2/models/iris-shadowed/infer"))
+        .header("traceparent", traceparent(ROUTE_TRACE, PARENT))
+        .json(&routed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..200 {
+        let report = s.admin_get_json("/admin/routes/iris-shadowed/shadow").await;
+        if report["shadow"]["both_ok"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // A stream: each message joins the trace the stream's metadata names.
+    let mut stream_call =
+        tonic::Request::new(tokio_stream::iter(vec![iris_grpc(&[5.9, 3.0, 5.1, 1.8])]));
+    stream_call.metadata_mut().insert(
+        "traceparent",
+        traceparent(STREAM_TRACE, STREAM_PARENT).parse().unwrap(),
+    );
+    let mut answers = grpc
+        .model_stream_infer(stream_call)
+        .await
+        .unwrap()
+        .into_inner();
+    let first = answers.message().await.unwrap().expect("one answer");
+    assert_eq!(first.error_message, "");
+
+    // A registry version with lineage.
+    let r = s
+        .http
+        .post(s.url("/v2/models/iris_reg/versions/2/infer"))
+        .header("traceparent", traceparent(LINEAGE_TRACE, PARENT))
+        .json(&routed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Exemplars: OpenMetrics buckets name the traces of sampled requests; the classic format
+    // leaves them out.
+    let open = s
+        .http
+        .get(s.admin_url("/metrics"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for trace in [TRACE, GRPC_TRACE, ROUTE_TRACE, STREAM_TRACE, LINEAGE_TRACE] {
+        assert!(
+            open.lines().any(
+                |l| l.starts_with("infergate_request_duration_seconds_bucket{")
+                    && l.contains(&format!(" # {{trace_id=\"{trace}\"}} "))
+            ),
+            "no exemplar for {trace} in\n{open}"
+        );
+    }
+    let classic = s.admin_get_text("/metrics").await;
+    assert!(classic.contains("infergate_request_duration_seconds_bucket{"));
+    assert!(!classic.contains("trace_id"), "{classic}");
+
     let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
     assert!(flushed.unwrap().is_ok());
     let spans = collector.0.lock().unwrap().clone();
+    let count = |result| counts.get_or_create(&SpanLabels { result }).get();
+    assert_eq!(count("exported"), spans.len() as u64, "every span counted");
+    assert_eq!(count("dropped") + count("failed"), 0);
 
     let request = spans
         .iter()
@@ -150,12 +298,16 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
         .filter(|s| s.parent_span_id == request.span_id)
         .map(|s| s.name.as_str())
         .collect();
-    for stage in ["decode", "validate", "encode"] {
+    for stage in ["decode", "validate", "cache", "encode"] {
         assert!(
             children.contains(&stage),
             "{stage} missing from {children:?}"
         );
     }
+    let cache = child(&spans, request, "cache");
+    assert_eq!(attribute(cache, "result").as_deref(), Some("miss"));
+    // Waiting for the batch happens under the cache lookup (a miss computes).
+    child(&spans, cache, "queue_wait");
     // The batch that served it: its own span, linked to the request span, with the model's
     // execution inside.
     let batch = spans
@@ -180,7 +332,60 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
         .expect("the gRPC request span");
     assert_eq!(hex(&grpc_request.parent_span_id), GRPC_PARENT);
     assert_eq!(attribute(grpc_request, "protocol").as_deref(), Some("grpc"));
+    // The same input again: answered from the cache.
+    let cache = child(&spans, grpc_request, "cache");
+    assert_eq!(attribute(cache, "result").as_deref(), Some("hit"));
+
+    // The route: which variant, and that the request was mirrored.
+    let routed = request_span(&spans, ROUTE_TRACE, "infer iris-shadowed");
+    let route = child(&spans, routed, "route");
+    assert_eq!(attribute(route, "variant").as_deref(), Some("primary"));
+    assert_eq!(attribute(route, "mirrored").as_deref(), Some("true"));
+    // The shadow call: a trace of its own, linked to the primary request's span.
+    let shadow = spans
+        .iter()
+        .find(|s| {
+            s.name == "shadow iris_mlp" && s.links.iter().any(|l| l.span_id == routed.span_id)
+        })
+        .unwrap_or_else(|| panic!("no linked shadow span in {:?}", names(&spans)));
+    assert_ne!(hex(&shadow.trace_id), ROUTE_TRACE);
+    assert_eq!(attribute(shadow, "outcome").as_deref(), Some("success"));
+    // Its stages sit under it: the same input as the primary's, so a cache hit.
+    let cache = child(&spans, shadow, "cache");
+    assert_eq!(attribute(cache, "result").as_deref(), Some("hit"));
+
+    let streamed = request_span(&spans, STREAM_TRACE, "infer iris_mlp");
+    assert_eq!(hex(&streamed.parent_span_id), STREAM_PARENT);
+    assert_eq!(
+        attribute(streamed, "protocol").as_deref(),
+        Some("grpc_stream")
+    );
+    assert_eq!(attribute(streamed, "outcome").as_deref(), Some("success"));
+
+    let lineage = request_span(&spans, LINEAGE_TRACE, "infer iris_reg");
+    for (key, value) in [
+        ("version", "2"),
+        ("lineage_parent", "1"),
+        ("quantization", "int8-qdq-per-channel"),
+        ("dataset_digest", "sha256:feed"),
+    ] {
+        assert_eq!(attribute(lineage, key).as_deref(), Some(value), "{key}");
+    }
     s.stop().await;
+}
+
+fn request_span<'a>(spans: &'a [Span], trace: &str, name: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| hex(&s.trace_id) == trace && s.name == name)
+        .unwrap_or_else(|| panic!("no {name} in trace {trace}: {:?}", names(spans)))
+}
+
+fn child<'a>(spans: &'a [Span], parent: &Span, name: &str) -> &'a Span {
+    spans
+        .iter()
+        .find(|s| s.parent_span_id == parent.span_id && s.name == name)
+        .unwrap_or_else(|| panic!("no {name} under {}: {:?}", parent.name, names(spans)))
 }
 
 fn names(spans: &[Span]) -> Vec<String> {

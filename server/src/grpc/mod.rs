@@ -262,6 +262,8 @@ impl GrpcInferenceService for Inference {
         r: Request<Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<BoxStream<pb::ModelStreamInferResponse>>, Status> {
         let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
+        // Every message is a request span in the trace the stream's metadata names.
+        let headers = Arc::new(r.metadata().clone().into_headers());
         let mut inbound = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
         let gateway = Arc::clone(&self.gateway);
@@ -272,22 +274,34 @@ impl GrpcInferenceService for Inference {
                     break;
                 };
                 let (gateway, tx, client) = (Arc::clone(&gateway), tx.clone(), client.clone());
+                let span = crate::telemetry::request_span_with(
+                    || (*headers).clone(),
+                    &request.model_name,
+                    "grpc_stream",
+                );
                 tokio::spawn(async move {
+                    use tracing::Instrument as _;
                     let echo = pb::ModelInferResponse {
                         model_name: request.model_name.clone(),
                         model_version: request.model_version.clone(),
                         id: request.id.clone(),
                         ..Default::default()
                     };
-                    let message = match infer_one(&gateway, request, &client, None, None).await {
+                    let answer = infer_one(&gateway, request, &client, None, None)
+                        .instrument(span.clone())
+                        .await;
+                    let message = match answer {
                         Ok(resp) => pb::ModelStreamInferResponse {
                             error_message: String::new(),
                             infer_response: Some(resp),
                         },
-                        Err(e) => pb::ModelStreamInferResponse {
-                            error_message: e.message,
-                            infer_response: Some(echo),
-                        },
+                        Err(e) => {
+                            span.record("outcome", e.kind.as_str());
+                            pb::ModelStreamInferResponse {
+                                error_message: e.message,
+                                infer_response: Some(echo),
+                            }
+                        }
                     };
                     let _ = tx.send(Ok(message)).await;
                     drop(permit);

@@ -166,9 +166,12 @@ where
         let Some(target) = req.target.clone().filter(|t| t.cache.is_some()) else {
             return Either::Left(self.inner.call(req));
         };
+        use tracing::Instrument as _;
         let inner = self.inner.clone();
         let metrics = Arc::clone(&self.metrics);
-        Either::Right(Box::pin(async move {
+        // The lookup and, on a miss, the computation beneath it.
+        let span = tracing::info_span!("cache", result = tracing::field::Empty);
+        let future = async move {
             let cache = target.cache.as_ref().expect("checked above");
             let lookup = Instant::now();
             let canonical = cache.canonical(&req);
@@ -206,6 +209,7 @@ where
                 (resp.outputs, false, resp.timings)
             };
             let took = lookup.elapsed();
+            tracing::Span::current().record("result", if hit { "hit" } else { "miss" });
             target.stats.record_cache(hit, took);
             metrics
                 .cache
@@ -223,6 +227,7 @@ where
                 outputs,
                 timings,
             })
-        }))
+        };
+        Either::Right(Box::pin(future.instrument(span)))
     }
 }

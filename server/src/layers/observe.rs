@@ -10,7 +10,7 @@ use tower::{Layer, Service};
 
 use crate::core::{InferRequest, InferResponse, Protocol};
 use crate::error::{BoxError, ErrorKind, ServeError};
-use crate::metrics::{Metrics, RequestLabels};
+use crate::metrics::{Metrics, RequestLabels, TraceLabels};
 
 /// Adds [`Observe`].
 #[derive(Clone)]
@@ -141,10 +141,13 @@ where
             }
         };
         this.metrics.requests.get_or_create(&labels).inc();
+        // The request span is the current one here (the front ends instrument the call).
+        let exemplar = crate::telemetry::sampled_trace_id(&tracing::Span::current())
+            .map(|trace_id| TraceLabels { trace_id });
         this.metrics
             .request_duration
             .get_or_create(&labels)
-            .observe(this.start.elapsed().as_secs_f64());
+            .observe(this.start.elapsed().as_secs_f64(), exemplar, None);
         Poll::Ready(result)
     }
 }

@@ -563,6 +563,13 @@ where
         });
         let chosen = routes.pick(route, key.as_deref());
         let variant = &route.variants[chosen];
+        let decision = tracing::info_span!(
+            "route",
+            route = %req.model,
+            variant = %variant.name,
+            mirrored = tracing::field::Empty,
+        )
+        .entered();
         let route_name = std::mem::replace(&mut req.model, variant.model.clone());
         req.version = variant.version.clone();
         let mut name = variant.name.clone();
@@ -577,8 +584,13 @@ where
                 let mut copy = req.clone();
                 copy.model = s.model.clone();
                 copy.version = s.version.clone();
+                // The shadow call gets a span of its own, linked to this one: holding this
+                // span would keep the request's span open until the shadow ran.
+                copy.span = tracing::Span::none();
                 Some((copy, sender, Arc::clone(&s.stats)))
             });
+        decision.record("mirrored", mirror.is_some());
+        drop(decision);
         // A copy for the fallback variant, used only if the chosen one is overloaded.
         let fallback = route.fallback.filter(|&f| f != chosen).map(|f| {
             let v = &route.variants[f];
@@ -603,6 +615,7 @@ where
                 }
                 if let Some((request, sender, stats)) = mirror {
                     let job = ShadowJob {
+                        primary_span: crate::telemetry::span_context(&tracing::Span::current()),
                         request,
                         primary: result.as_ref().ok().map(|r| r.outputs.clone()),
                         primary_latency: started.elapsed(),

@@ -19,6 +19,8 @@ pub struct ShadowJob {
     /// The primary's outputs, or `None` when it failed.
     pub primary: Option<Vec<NamedTensor>>,
     pub primary_latency: Duration,
+    /// The primary request's span, which the shadow call's span links to.
+    pub primary_span: Option<opentelemetry::trace::SpanContext>,
 }
 
 /// Live comparison of shadow and primary.
@@ -150,12 +152,37 @@ where
     let (tx, mut rx) = mpsc::channel::<ShadowJob>(queue);
     tokio::spawn(async move {
         let mut service = service;
-        while let Some(job) = rx.recv().await {
+        while let Some(mut job) = rx.recv().await {
+            use tracing::Instrument as _;
+            use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+            // A trace of its own (it is not part of the answer), linked to the primary's.
+            let span = tracing::info_span!(
+                parent: None,
+                "shadow",
+                otel.name = %format!("shadow {}", job.request.model),
+                model = %job.request.model,
+                outcome = tracing::field::Empty,
+            );
+            if let Some(primary) = job.primary_span.take() {
+                span.add_link(primary);
+            }
+            job.request.span = span.clone();
             let start = std::time::Instant::now();
-            let result = match service.ready().await {
-                Ok(svc) => svc.call(job.request.clone()).await,
-                Err(e) => Err(e),
-            };
+            let result = async {
+                match service.ready().await {
+                    Ok(svc) => svc.call(job.request.clone()).await,
+                    Err(e) => Err(e),
+                }
+            }
+            .instrument(span.clone())
+            .await;
+            span.record(
+                "outcome",
+                match &result {
+                    Ok(_) => "success",
+                    Err(e) => crate::error::ServeError::classify(e.as_ref()).kind.as_str(),
+                },
+            );
             stats.record(&job, &result, start.elapsed());
         }
     });

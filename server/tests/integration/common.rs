@@ -101,6 +101,7 @@ impl TestServer {
             listeners,
             shutdown: shutdown.clone(),
             log,
+            metrics: None,
         }));
         let server = Self {
             addrs,

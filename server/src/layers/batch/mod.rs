@@ -188,6 +188,7 @@ impl BatchHandle {
             rows: req.rows(),
             key: ShapeKey::of(&req),
             enqueued: Instant::now(),
+            waiting: tracing::info_span!("queue_wait"),
             req,
             reply,
         };
@@ -312,8 +313,10 @@ where
     let started = Instant::now();
     // One span for the execution, linked to every request span it served.
     let span = tracing::info_span!("batch_execute", batch_size = batch.len());
-    for p in &batch {
+    for p in &mut batch {
         span.follows_from(&p.req.span);
+        // The wait is over.
+        p.waiting = tracing::Span::none();
     }
     if batch.len() == 1 {
         let p = batch.pop().expect("one request");

@@ -41,6 +41,8 @@ pub struct Pending {
     pub enqueued: Instant,
     pub rows: usize,
     pub key: ShapeKey,
+    /// Open while the request waits; closed when its batch starts.
+    pub waiting: tracing::Span,
 }
 
 /// What to do now that an instance is free.
@@ -220,6 +222,7 @@ mod tests {
                 enqueued: Instant::now(),
                 rows,
                 key,
+                waiting: tracing::Span::none(),
             },
             rx,
         )
