@@ -113,7 +113,7 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit-test: ort services ## every Rust test (unit, integration, golden numerics), the scale-out registry suite beside real PostgreSQL and S3 servers
+unit-test: ort services dataset ## every Rust test (unit, integration, golden numerics, drift on Fashion-MNIST), the scale-out registry suite beside real PostgreSQL and S3 servers
 	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
 
 services: $(S3S_FS) promtool ## PostgreSQL (Debian package) and s3s-fs (crates.io) for the scale-out registry tests, promtool

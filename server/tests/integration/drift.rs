@@ -9,7 +9,9 @@ use infergate_registry::{
 use infergate_server::repository::Repository;
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, direct_ort_f32, loopback_config, ort_runtime, repo_dir};
+use crate::common::{
+    TestServer, direct_ort_f32, grpc_input, loopback_config, ort_runtime, repo_dir,
+};
 
 /// Iris-like rows: four features, each normal with its own mean and spread (a seeded
 /// generator, Box-Muller), each feature then scaled by `scale` and moved by `shift`.
@@ -130,5 +132,118 @@ async fn shifted_traffic_crosses_the_drift_threshold_and_training_like_traffic_d
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    s.stop().await;
+}
+
+/// Fashion-MNIST as `make dataset` installs it (the test fails, saying so, without it).
+fn fashion() -> (
+    infergate_trainer::data::Dataset,
+    infergate_trainer::data::Dataset,
+) {
+    infergate_trainer::data::fashion_mnist(std::path::Path::new(
+        infergate_trainer::data::FASHION_MNIST_DIR,
+    ))
+    .expect("Fashion-MNIST is installed by `make dataset` (part of `make test`)")
+}
+
+/// Sends each 784-pixel row as its own gRPC request (raw contents).
+async fn send_images(s: &TestServer, pixels: &[f32]) {
+    let mut grpc = s.grpc().await;
+    for row in pixels.chunks(784) {
+        let request = infergate_proto::inference::ModelInferRequest {
+            model_name: "fashion".into(),
+            inputs: vec![grpc_input("input", "FP32", &[1, 784])],
+            raw_input_contents: vec![row.iter().flat_map(|v| v.to_le_bytes()).collect()],
+            ..Default::default()
+        };
+        grpc.model_infer(request).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn brightness_shifted_fashion_mnist_crosses_the_drift_threshold_and_test_images_do_not() {
+    use infergate_runtime::candle::Arch;
+    use infergate_trainer::train::{TrainConfig, train};
+
+    // What the trainer does, on a slice small enough for a test: a network trained on the
+    // training images, registered with their baseline (pixel quantile bins, label counts).
+    let (train_set, test_set) = fashion();
+    let rows: Vec<usize> = (0..12_000).collect();
+    let parts = train_set.subset(&rows).stratified_split(&[0.9, 0.1], 5);
+    let (train_rows, val_rows) = (&parts[0], &parts[1]);
+    let arch = Arch::Mlp {
+        inputs: 784,
+        hidden: vec![64],
+        classes: 10,
+    };
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 128,
+        learning_rate: 3e-3,
+        weight_decay: 1e-4,
+        patience: 2,
+        seed: 7,
+        distill: None,
+    };
+    let (net, _) = train(&arch, &config, train_rows, val_rows, None, "drift test").unwrap();
+    let baseline = Baseline::from_rows(&train_rows.x, 784, 10, &train_rows.y, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.register(NewVersion {
+        model: "fashion".into(),
+        platform: PLATFORM_ONNX.into(),
+        signature: infergate_trainer::export::signature(&arch),
+        artifacts: vec![NewArtifact {
+            kind: ArtifactKind::Onnx,
+            bytes: infergate_trainer::export::onnx(&net).unwrap(),
+        }],
+        baseline: Some(baseline),
+        author: "test".into(),
+        ..NewVersion::default()
+    })
+    .unwrap();
+    let mut config = loopback_config();
+    config.drift.sample_every = 1;
+    config.drift.window_rows = 500;
+    let repository = Arc::new(
+        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+            .with_registry(Arc::new(reg))
+            .with_drift(config.drift.clone()),
+    );
+    repository.load_all().await.unwrap();
+    let s = TestServer::serve(config, repository).await;
+    let window = || async {
+        let report = s.admin_get_json("/admin/models/fashion/drift").await;
+        report["versions"][0]["last_window"].clone()
+    };
+
+    // Held-out test images: the training distribution.
+    let calm: Vec<f32> = test_set.x[..500 * 784].to_vec();
+    send_images(&s, &calm).await;
+    let calm = window().await;
+    assert_eq!(calm["rows"], 500, "{calm}");
+    assert_eq!(calm["drifted"], false, "{calm}");
+    assert!(calm["class_psi"].as_f64().unwrap() < 0.1, "{calm}");
+
+    // The next test images, brighter: every pixel moved up by 0.3 (clipped at white).
+    let bright: Vec<f32> = test_set.x[500 * 784..1000 * 784]
+        .iter()
+        .map(|p| (p + 0.3).min(1.0))
+        .collect();
+    send_images(&s, &bright).await;
+    let shifted = window().await;
+    assert_eq!(shifted["drifted"], true, "{shifted}");
+    assert!(
+        shifted["features_over_threshold"].as_u64().unwrap() > 100,
+        "most pixels move: {shifted}"
+    );
+    eprintln!(
+        "fashion drift: calm max feature PSI {} class PSI {}; bright max feature PSI {} class PSI {}, {} pixels over",
+        calm["max_feature_psi"],
+        calm["class_psi"],
+        shifted["max_feature_psi"],
+        shifted["class_psi"],
+        shifted["features_over_threshold"]
+    );
     s.stop().await;
 }
