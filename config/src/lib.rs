@@ -260,6 +260,10 @@ pub struct TelemetryConfig {
     pub service_name: String,
     /// Finished spans waiting for export; more are dropped, never waited for.
     pub max_queue: usize,
+    /// Record the per-request Prometheus series (request counts and latency, queue, compute
+    /// and batch-size histograms). Off saves their cost; gauges, rejection counters and the
+    /// statistics API stay.
+    pub request_metrics: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -271,6 +275,7 @@ impl Default for TelemetryConfig {
             sampling_ratio: 1.0,
             service_name: "infergate".into(),
             max_queue: 2048,
+            request_metrics: true,
         }
     }
 }

@@ -92,6 +92,10 @@ impl Gateway {
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Arc<Self>> {
         let security = security::Security::new(&config.security)?;
+        metrics.per_request.store(
+            config.telemetry.request_metrics,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let routes = Arc::new(layers::route::RouteTable::new(&config.routes));
         if let Some(registry) = repository.registry() {
             routes.on_canary_transition(canary_audit(Arc::clone(registry)));

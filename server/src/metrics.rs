@@ -117,6 +117,8 @@ pub struct Metrics {
     pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Trace spans by export result (the exporter's own counters; see `telemetry`).
     pub trace_spans: Family<SpanLabels, Counter>,
+    /// Whether the per-request series are recorded (`telemetry.request_metrics`).
+    pub per_request: std::sync::atomic::AtomicBool,
 }
 
 /// Labels of drift series.
@@ -277,6 +279,7 @@ impl Default for Metrics {
             process_cpu_seconds,
             drift_psi,
             trace_spans,
+            per_request: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
@@ -291,6 +294,11 @@ fn without_exemplar(line: &str) -> &str {
 }
 
 impl Metrics {
+    /// Whether per-request series are recorded.
+    pub fn per_request(&self) -> bool {
+        self.per_request.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Counts a request refused or dropped before execution.
     pub fn reject(&self, model: &str, cause: &'static str) {
         self.rejected

@@ -57,6 +57,9 @@ pub fn provider(
             .with_metadata(metadata)
             .build()?
     } else {
+        // The HTTP client's TLS needs a process-wide crypto provider (already there when a
+        // listener uses TLS).
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
         let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -78,6 +81,7 @@ pub fn provider(
     let processor = BatchSpanProcessor::builder(CountingExporter {
         inner: exporter,
         counts: counts.clone(),
+        runtime: tokio::runtime::Handle::try_current().ok(),
     })
     .with_batch_config(batch)
     .build();
@@ -159,11 +163,36 @@ impl SpanProcessor for BoundedProcessor {
 }
 
 /// Counts the spans of each export as exported or failed when it ends (an export abandoned
-/// on timeout counts as failed).
+/// on timeout counts as failed), and runs the export inside the server's tokio runtime: the
+/// batch processor polls it on a thread of its own, where the HTTP client would find no
+/// reactor.
 #[derive(Debug)]
 struct CountingExporter<E> {
     inner: E,
     counts: SpanCounts,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+pin_project_lite::pin_project! {
+    /// A future polled inside a tokio runtime's context.
+    struct InRuntime<F> {
+        runtime: Option<tokio::runtime::Handle>,
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InRuntime<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        let _entered = this.runtime.as_ref().map(tokio::runtime::Handle::enter);
+        this.inner.poll(cx)
+    }
 }
 
 /// Settles one export's spans when dropped.
@@ -195,7 +224,10 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
             spans: batch.len(),
             ok: false,
         };
-        let export = self.inner.export(batch);
+        let export = InRuntime {
+            runtime: self.runtime.clone(),
+            inner: self.inner.export(batch),
+        };
         async move {
             // Moved whole (not just the field set below), so it settles when the export ends.
             let mut settle = settle;
@@ -347,6 +379,45 @@ mod tests {
     use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_are_exported_over_http_protobuf() {
+        let received = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+        let app = {
+            let received = Arc::clone(&received);
+            axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| async move {
+                    received.lock().unwrap().push(body.len());
+                    ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let family = Family::<SpanLabels, Counter>::default();
+        let provider = provider(
+            &TelemetryConfig {
+                otlp_endpoint: Some(format!("http://{addr}")),
+                otlp_protocol: "http/protobuf".into(),
+                ..TelemetryConfig::default()
+            },
+            &family,
+        )
+        .unwrap()
+        .expect("an endpoint makes a provider");
+        let tracer = provider.tracer("test");
+        for i in 0..10 {
+            drop(tracer.start(format!("span {i}")));
+        }
+        let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+        assert!(flushed.unwrap().is_ok());
+        let count = |result| family.get_or_create(&SpanLabels { result }).get();
+        assert_eq!((count("exported"), count("failed")), (10, 0));
+        let received = received.lock().unwrap();
+        assert!(!received.is_empty() && received.iter().all(|&n| n > 0));
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn every_span_is_counted_once_as_exported_dropped_or_failed() {

@@ -103,10 +103,12 @@ where
                         drift.observe(&row, &resp.outputs);
                     }
                     target.stats.record_request(total, &resp.timings);
-                    this.metrics
-                        .queue_duration
-                        .get_or_create(&target.labels)
-                        .observe(resp.timings.queue.as_secs_f64());
+                    if this.metrics.per_request() {
+                        this.metrics
+                            .queue_duration
+                            .get_or_create(&target.labels)
+                            .observe(resp.timings.queue.as_secs_f64());
+                    }
                 }
                 Err(_) => target.stats.record_failure(total),
             }

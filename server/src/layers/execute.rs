@@ -77,15 +77,17 @@ impl Service<InferRequest> for Execute {
                     as u64,
             );
             target.stats.record_execution(rows, &output.timings);
-            let t = &output.timings;
-            metrics
-                .compute_duration
-                .get_or_create(&target.labels)
-                .observe((t.input + t.infer + t.output).as_secs_f64());
-            metrics
-                .batch_size
-                .get_or_create(&target.labels)
-                .observe(rows as f64);
+            if metrics.per_request() {
+                let t = &output.timings;
+                metrics
+                    .compute_duration
+                    .get_or_create(&target.labels)
+                    .observe((t.input + t.infer + t.output).as_secs_f64());
+                metrics
+                    .batch_size
+                    .get_or_create(&target.labels)
+                    .observe(rows as f64);
+            }
             let mut outputs = output.outputs;
             if !req.outputs.is_empty() {
                 outputs = req

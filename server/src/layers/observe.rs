@@ -100,6 +100,9 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
+        if !this.metrics.per_request() {
+            return Poll::Ready(result);
+        }
         let labels = match &result {
             Ok(resp) => RequestLabels {
                 model: resp.model_name.clone(),

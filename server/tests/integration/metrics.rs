@@ -145,3 +145,36 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     assert!(count(&text, "infergate_process_cpu_seconds_total", &[]) > 0.0);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn request_metrics_off_leaves_out_the_per_request_series_but_not_the_statistics() {
+    let s = TestServer::start_with(|c| c.telemetry.request_metrics = false).await;
+    let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
+    for _ in 0..3 {
+        let (status, out) = s.post_json("/v2/models/iris_mlp/infer", &body).await;
+        assert_eq!(status, 200, "{out}");
+    }
+    let text = s.admin_get_text("/metrics").await;
+    for name in [
+        "infergate_requests_total",
+        "infergate_request_duration_seconds_count",
+        "infergate_queue_duration_seconds_count",
+        "infergate_compute_duration_seconds_count",
+        "infergate_batch_size_count",
+    ] {
+        assert!(samples(&text, name).is_empty(), "{name} in\n{text}");
+    }
+    assert!(text.contains("infergate_loaded_model_versions"), "{text}");
+    let (ok, out) = promtool_check(&text);
+    assert!(ok, "{out}");
+    let (status, stats) = s.get_json("/v2/models/iris_mlp/stats").await;
+    assert_eq!(status, 200);
+    let counted: u64 = stats["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["inference_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 3, "{stats}");
+    s.stop().await;
+}
