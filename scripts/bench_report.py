@@ -100,6 +100,22 @@ if over and before and after:
     growth = after["rss_kb_after"] / max(before["rss_kb_before"], 1) - 1
     p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in over)
     w(f"| overload, c512 vs queue bound 256: only successes or 503, memory flat | errors {sorted(classes) or 'none'}; p99 of successes {p99s} ms (two runs); RSS {before['rss_kb_before'] // 1024} → {after['rss_kb_after'] // 1024} MiB ({100 * growth:+.0f}%) | {verdict(only_503)} |")
+
+
+def overhead(protocol):
+    """Median req/s with observability off and on, and every run's, for one protocol."""
+    per = {}
+    for mode in ("off", "on"):
+        docs = [load(f"overhead_{mode}_{protocol}_{i}.json") for i in (1, 2, 3)]
+        per[mode] = [d["throughput"] for d in docs if d]
+    return per
+
+
+for protocol in ("http-json", "grpc"):
+    per = overhead(protocol)
+    if per["off"] and per["on"]:
+        ratio = sorted(per["on"])[len(per["on"]) // 2] / sorted(per["off"])[len(per["off"]) // 2]
+        w(f"| tracing at 100% + metrics on vs both off, mlp_small c32 {protocol}: drop ≤ 10% | {ratio:.2f} × ({100 * (ratio - 1):+.1f}%) | {verdict(ratio >= 0.9)} |")
 w("")
 
 
@@ -221,5 +237,37 @@ if rows:
             w(f"| {c} | {wrps:.0f} | {lrps:.0f} | {100 * (lrps - wrps) / wrps:+.1f}% | {wp50:.3f} | {lp50:.3f} | {100 * (lp50 - wp50) / wp50:+.1f}% | {wruns} |")
 else:
     w("oha was not installed when this was written (`make bench-tools`), so there is no cross-check.")
+w("")
+
+w("## Observability overhead\n")
+spans = {}
+for i in (1, 2, 3):
+    path = os.path.join(results, f"overhead_spans_on_{i}.txt")
+    if os.path.exists(path):
+        for line in open(path):
+            label, value = line.rsplit(" ", 1)
+            result = label.split('result="')[1].split('"')[0]
+            spans[result] = spans.get(result, 0) + int(float(value))
+sink = load("overhead_sink.json")
+if overhead("grpc")["off"]:
+    w("`mlp_small`, concurrency 32, batch-1 requests, closed loop, three rounds alternating two servers: **off** "
+      "(`INFERGATE_TELEMETRY__REQUEST_METRICS=false`, no trace export) and **on** (per-request metrics plus every request "
+      "traced, `INFERGATE_TELEMETRY__SAMPLING_RATIO=1`, exported over OTLP/HTTP protobuf to `scripts/otlp_sink.py` on loopback). "
+      "The server is pinned to core 0; the load generator (`--threads 1`) and the sink share core 1, so the sink's work "
+      "takes from the client, not the server. A request makes 5 spans (infer, decode, validate, execute, encode).\n")
+    w("| protocol | off req/s (median) | on req/s (median) | on / off | off runs | on runs |")
+    w("|---|---:|---:|---:|---|---|")
+    for protocol in ("http-json", "grpc"):
+        per = overhead(protocol)
+        if per["off"] and per["on"]:
+            off = sorted(per["off"])[len(per["off"]) // 2]
+            on = sorted(per["on"])[len(per["on"]) // 2]
+            w(f"| {protocol} | {off:.0f} | {on:.0f} | {on / off:.3f} | {[round(x) for x in per['off']]} | {[round(x) for x in per['on']]} |")
+    if spans:
+        w(f"\nSpans over the three traced servers: {spans.get('exported', 0)} exported, {spans.get('dropped', 0)} dropped "
+          f"(export queue full), {spans.get('failed', 0)} failed"
+          + (f"; the sink received {sink['exports']} exports, {sink['bytes'] / 1e6:.1f} MB." if sink else "."))
+else:
+    w("Not measured in this run.")
 w("")
 print("\n".join(out))

@@ -389,7 +389,10 @@ mod tests {
                 "/v1/traces",
                 axum::routing::post(move |body: axum::body::Bytes| async move {
                     received.lock().unwrap().push(body.len());
-                    ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        Vec::<u8>::new(),
+                    )
                 }),
             )
         };
