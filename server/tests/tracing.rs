@@ -78,6 +78,19 @@ fn traceparent(trace: &str, parent: &str) -> String {
     format!("00-{trace}-{parent}-01")
 }
 
+/// POSTs `body` to `path` as a child of span `PARENT` in `trace`; it must succeed.
+async fn post_traced(s: &TestServer, path: &str, trace: &str, body: &serde_json::Value) {
+    let r = s
+        .http
+        .post(s.url(path))
+        .header("traceparent", traceparent(trace, PARENT))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap());
+}
+
 #[tokio::test]
 async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     let collector = Collector::default();
@@ -195,15 +208,7 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
 
     // Through a route with a shadow; wait for the shadow call to finish.
     let routed = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [6.7, 3.0, 5.2, 2.3]}]});
-    let r = s
-        .http
-        .post(s.url("/v2/models/iris-shadowed/infer"))
-        .header("traceparent", traceparent(ROUTE_TRACE, PARENT))
-        .json(&routed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    post_traced(&s, "/v2/models/iris-shadowed/infer", ROUTE_TRACE, &routed).await;
     for _ in 0..200 {
         let report = s.admin_get_json("/admin/routes/iris-shadowed/shadow").await;
         if report["shadow"]["both_ok"] == 1 {
@@ -228,15 +233,13 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     assert_eq!(first.error_message, "");
 
     // A registry version with lineage.
-    let r = s
-        .http
-        .post(s.url("/v2/models/iris_reg/versions/2/infer"))
-        .header("traceparent", traceparent(LINEAGE_TRACE, PARENT))
-        .json(&routed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    post_traced(
+        &s,
+        "/v2/models/iris_reg/versions/2/infer",
+        LINEAGE_TRACE,
+        &routed,
+    )
+    .await;
 
     // Exemplars: OpenMetrics buckets name the traces of sampled requests; the classic format
     // leaves them out.

@@ -44,6 +44,42 @@ fn argmax_rows(probabilities: &[f32], classes: usize) -> Vec<u32> {
         .collect()
 }
 
+/// A server whose registry holds `model` version 1 with its training `baseline`, comparing
+/// every request (`sample_every` 1) in windows of `window_rows`.
+async fn serve_with_baseline(
+    model: &str,
+    signature: infergate_registry::Signature,
+    onnx: Vec<u8>,
+    baseline: Baseline,
+    window_rows: usize,
+) -> (TestServer, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path()).unwrap();
+    reg.register(NewVersion {
+        model: model.into(),
+        platform: PLATFORM_ONNX.into(),
+        signature,
+        artifacts: vec![NewArtifact {
+            kind: ArtifactKind::Onnx,
+            bytes: onnx,
+        }],
+        baseline: Some(baseline),
+        author: "test".into(),
+        ..NewVersion::default()
+    })
+    .unwrap();
+    let mut config = loopback_config();
+    config.drift.sample_every = 1;
+    config.drift.window_rows = window_rows;
+    let repository = Arc::new(
+        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
+            .with_registry(Arc::new(reg))
+            .with_drift(config.drift.clone()),
+    );
+    repository.load_all().await.unwrap();
+    (TestServer::serve(config, repository).await, dir)
+}
+
 async fn send(s: &TestServer, rows: &[f32]) {
     for row in rows.chunks(4) {
         let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}]});
@@ -66,31 +102,8 @@ async fn shifted_traffic_crosses_the_drift_threshold_and_training_like_traffic_d
     let train = rows(4000, 1, 1.0, 0.0);
     let labels = argmax_rows(&direct_ort_f32(&model, "input", &[4000, 4], &train), 3);
     let baseline = Baseline::from_rows(&train, 4, 10, &labels, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
-    reg.register(NewVersion {
-        model: "iris".into(),
-        platform: PLATFORM_ONNX.into(),
-        signature: inspect::onnx_signature(&bytes).unwrap(),
-        artifacts: vec![NewArtifact {
-            kind: ArtifactKind::Onnx,
-            bytes,
-        }],
-        baseline: Some(baseline),
-        author: "test".into(),
-        ..NewVersion::default()
-    })
-    .unwrap();
-    let mut config = loopback_config();
-    config.drift.sample_every = 1;
-    config.drift.window_rows = 300;
-    let repository = Arc::new(
-        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
-            .with_registry(Arc::new(Registry::open(dir.path()).unwrap()))
-            .with_drift(config.drift.clone()),
-    );
-    repository.load_all().await.unwrap();
-    let s = TestServer::serve(config, repository).await;
+    let signature = inspect::onnx_signature(&bytes).unwrap();
+    let (s, _dir) = serve_with_baseline("iris", signature, bytes, baseline, 300).await;
 
     // Fresh rows drawn like the training data (another seed).
     send(&s, &rows(300, 2, 1.0, 0.0)).await;
@@ -187,31 +200,14 @@ async fn brightness_shifted_fashion_mnist_crosses_the_drift_threshold_and_test_i
     };
     let (net, _) = train(&arch, &config, train_rows, val_rows, None, "drift test").unwrap();
     let baseline = Baseline::from_rows(&train_rows.x, 784, 10, &train_rows.y, 10);
-    let dir = tempfile::tempdir().unwrap();
-    let reg = Registry::open(dir.path()).unwrap();
-    reg.register(NewVersion {
-        model: "fashion".into(),
-        platform: PLATFORM_ONNX.into(),
-        signature: infergate_trainer::export::signature(&arch),
-        artifacts: vec![NewArtifact {
-            kind: ArtifactKind::Onnx,
-            bytes: infergate_trainer::export::onnx(&net).unwrap(),
-        }],
-        baseline: Some(baseline),
-        author: "test".into(),
-        ..NewVersion::default()
-    })
-    .unwrap();
-    let mut config = loopback_config();
-    config.drift.sample_every = 1;
-    config.drift.window_rows = 500;
-    let repository = Arc::new(
-        Repository::new(None, Some(ort_runtime()), config.runtime.clone())
-            .with_registry(Arc::new(reg))
-            .with_drift(config.drift.clone()),
-    );
-    repository.load_all().await.unwrap();
-    let s = TestServer::serve(config, repository).await;
+    let (s, _dir) = serve_with_baseline(
+        "fashion",
+        infergate_trainer::export::signature(&arch),
+        infergate_trainer::export::onnx(&net).unwrap(),
+        baseline,
+        500,
+    )
+    .await;
     let window = || async {
         let report = s.admin_get_json("/admin/models/fashion/drift").await;
         report["versions"][0]["last_window"].clone()
