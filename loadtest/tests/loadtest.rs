@@ -116,18 +116,23 @@ async fn percentiles_reflect_the_latency_distribution() {
     .unwrap();
     let r = &report.results[0];
     assert_eq!((r.requests, r.successes, r.errors), (100, 100, 0));
-    assert!((5.0..12.0).contains(&r.p50_ms), "p50 {}", r.p50_ms);
-    assert!((60.0..80.0).contains(&r.p99_ms), "p99 {}", r.p99_ms);
-    assert!((60.0..80.0).contains(&r.max_ms), "max {}", r.max_ms);
-    // 95 fast + 5 slow requests, one at a time: about 95*5 + 5*60 = 775 ms in all.
+    // The sleeps are real, so a busy machine can only add to them; the upper bounds leave
+    // room for that (a CI run once saw a 60 ms sleep take 143 ms) while still telling the
+    // modes apart: the median is a fast request, p99 and the maximum are slow ones.
+    assert!((5.0..30.0).contains(&r.p50_ms), "p50 {}", r.p50_ms);
+    assert!((60.0..300.0).contains(&r.p99_ms), "p99 {}", r.p99_ms);
+    assert!((60.0..300.0).contains(&r.max_ms), "max {}", r.max_ms);
+    assert!(r.p99_ms <= r.max_ms, "p99 {} max {}", r.p99_ms, r.max_ms);
+    // 95 fast + 5 slow requests, one at a time: at least 95*5 + 5*60 = 775 ms in all, so
+    // at most 129 requests/s.
     assert!(
-        (90.0..140.0).contains(&r.throughput),
+        (30.0..130.0).contains(&r.throughput),
         "throughput {}",
         r.throughput
     );
     // 95% are fast, so p90 is too, even if a few fast ones are delayed on a busy machine.
     assert!(
-        r.p90_ms < 20.0,
+        r.p90_ms < 40.0,
         "p90 {}: 95% of requests are fast",
         r.p90_ms
     );
