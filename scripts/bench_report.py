@@ -26,6 +26,11 @@ def at(name, concurrency):
     return next((r for r in runs(name) if r.get("concurrency") == concurrency), None)
 
 
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else 0.0
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as f:
@@ -114,7 +119,7 @@ def overhead(protocol):
 for protocol in ("http-json", "grpc"):
     per = overhead(protocol)
     if per["off"] and per["on"]:
-        ratio = sorted(per["on"])[len(per["on"]) // 2] / sorted(per["off"])[len(per["off"]) // 2]
+        ratio = median(per["on"]) / median(per["off"])
         w(f"| tracing at 100% + metrics on vs both off, mlp_small c32 {protocol}: drop ≤ 10% | {ratio:.2f} × ({100 * (ratio - 1):+.1f}%) | {verdict(ratio >= 0.9)} |")
 w("")
 
@@ -174,11 +179,6 @@ if os.path.exists("bench/overload_timeline.svg"):
 w("")
 
 w("## Cross-check with oha\n")
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if values else 0.0
-
-
 def wrk_run(path):
     """(requests/s, p50 ms) from `wrk --latency` output."""
     if not os.path.exists(path):
@@ -260,8 +260,8 @@ if overhead("grpc")["off"]:
     for protocol in ("http-json", "grpc"):
         per = overhead(protocol)
         if per["off"] and per["on"]:
-            off = sorted(per["off"])[len(per["off"]) // 2]
-            on = sorted(per["on"])[len(per["on"]) // 2]
+            off = median(per["off"])
+            on = median(per["on"])
             w(f"| {protocol} | {off:.0f} | {on:.0f} | {on / off:.3f} | {[round(x) for x in per['off']]} | {[round(x) for x in per['on']]} |")
     if spans:
         w(f"\nSpans over the three traced servers: {spans.get('exported', 0)} exported, {spans.get('dropped', 0)} dropped "

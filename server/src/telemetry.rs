@@ -345,17 +345,6 @@ pub fn record_response(
     }
 }
 
-/// The span's trace id when its trace is sampled (what an exemplar may point at).
-pub fn sampled_trace_id(span: &tracing::Span) -> Option<String> {
-    if span.is_disabled() {
-        return None;
-    }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    (span_context.is_valid() && span_context.is_sampled())
-        .then(|| span_context.trace_id().to_string())
-}
-
 /// The OpenTelemetry identity of a recorded span, for linking other spans to it without
 /// keeping it open.
 pub fn span_context(span: &tracing::Span) -> Option<opentelemetry::trace::SpanContext> {
@@ -367,11 +356,16 @@ pub fn span_context(span: &tracing::Span) -> Option<opentelemetry::trace::SpanCo
     span_context.is_valid().then_some(span_context)
 }
 
+/// The span's trace id when its trace is sampled (what an exemplar may point at).
+pub fn sampled_trace_id(span: &tracing::Span) -> Option<String> {
+    span_context(span)
+        .filter(opentelemetry::trace::SpanContext::is_sampled)
+        .map(|c| c.trace_id().to_string())
+}
+
 /// The span's trace id as 32 hex digits, when the span is recorded.
 pub fn trace_id(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let id = context.span().span_context().trace_id();
-    (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
+    span_context(span).map(|c| c.trace_id().to_string())
 }
 
 #[cfg(test)]
