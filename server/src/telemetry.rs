@@ -250,7 +250,7 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
     }
 }
 
-/// HTTP headers (or gRPC metadata as headers) as a propagation carrier.
+/// HTTP headers as a propagation carrier.
 struct Headers<'a>(&'a http::HeaderMap);
 
 impl Extractor for Headers<'_> {
@@ -263,6 +263,35 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// gRPC metadata as a propagation carrier (read in place, not copied into headers).
+struct Metadata<'a>(&'a tonic::metadata::MetadataMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The caller's trace context (W3C `traceparent`/`tracestate`) in HTTP headers.
+pub fn caller_context(headers: &http::HeaderMap) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&Headers(headers))
+}
+
+/// The caller's trace context in gRPC metadata.
+pub fn caller_context_grpc(metadata: &tonic::metadata::MetadataMap) -> opentelemetry::Context {
+    TraceContextPropagator::new().extract(&Metadata(metadata))
+}
+
 /// A request span that joins the caller's trace (W3C `traceparent`/`tracestate` in `headers`)
 /// and carries the model and protocol; the rest of its attributes are recorded as they become
 /// known.
@@ -271,13 +300,12 @@ pub fn request_span(
     model: &str,
     protocol: &'static str,
 ) -> tracing::Span {
-    request_span_with(|| headers.clone(), model, protocol)
+    request_span_with(|| caller_context(headers), model, protocol)
 }
 
-/// [`request_span`] with the headers produced only when the span is recorded (gRPC metadata
-/// must be copied into headers to be read).
+/// [`request_span`] with the caller's context read only when the span is recorded.
 pub fn request_span_with(
-    headers: impl FnOnce() -> http::HeaderMap,
+    caller: impl FnOnce() -> opentelemetry::Context,
     model: &str,
     protocol: &'static str,
 ) -> tracing::Span {
@@ -300,8 +328,7 @@ pub fn request_span_with(
     if span.is_disabled() {
         return span;
     }
-    let headers = headers();
-    let parent = TraceContextPropagator::new().extract(&Headers(&headers));
+    let parent = caller();
     if parent.span().span_context().is_valid() {
         let _ = span.set_parent(parent);
     }

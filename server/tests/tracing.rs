@@ -111,8 +111,9 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     )
     .unwrap()
     .expect("an endpoint makes a provider");
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("infergate")));
+    let subscriber = tracing_subscriber::registry().with(infergate_server::logging::otel_layer(
+        provider.tracer("infergate"),
+    ));
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     // iris_mlp version 1 with dynamic batching, so execution happens in a batch span, and a

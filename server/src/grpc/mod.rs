@@ -227,7 +227,7 @@ impl GrpcInferenceService for Inference {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let span = crate::telemetry::request_span_with(
-            || r.metadata().clone().into_headers(),
+            || crate::telemetry::caller_context_grpc(r.metadata()),
             &r.get_ref().model_name,
             "grpc",
         );
@@ -263,7 +263,7 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<BoxStream<pb::ModelStreamInferResponse>>, Status> {
         let client = client_key(&self.gateway, r.metadata(), r.remote_addr());
         // Every message is a request span in the trace the stream's metadata names.
-        let headers = Arc::new(r.metadata().clone().into_headers());
+        let caller = crate::telemetry::caller_context_grpc(r.metadata());
         let mut inbound = r.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_CONCURRENCY);
         let gateway = Arc::clone(&self.gateway);
@@ -275,7 +275,7 @@ impl GrpcInferenceService for Inference {
                 };
                 let (gateway, tx, client) = (Arc::clone(&gateway), tx.clone(), client.clone());
                 let span = crate::telemetry::request_span_with(
-                    || (*headers).clone(),
+                    || caller.clone(),
                     &request.model_name,
                     "grpc_stream",
                 );
