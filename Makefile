@@ -34,7 +34,7 @@ K8S_VERSION   := 1.33
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -132,6 +132,11 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 bench: ort venv ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
 
+bench-overhead: ort venv ## only make bench's observability overhead section (tracing + metrics on vs off); prints the ratios
+	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins
+	$(VENV_PY) models/recipes/make_models.py --bench .bench/models
+	./scripts/bench_overhead.sh
+
 swap-check: ort ## hot swap under load: 100 alias moves at concurrency 32, then 200 unload/load cycles -> docs/hot-swap.md
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
 	./scripts/swap_check.sh
@@ -141,7 +146,7 @@ fuzz: ## every cargo-fuzz target for FUZZ_SECONDS (default 60) each; corpus in f
 	./scripts/fuzz.sh
 
 soak: ort ## 30 min (SOAK_DURATION=s) of mixed load, hot swaps and cache churn; RSS, fds, threads, p99 -> docs/reliability.md
-	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest
+	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest $(if $(SOAK_FEATURES),--features infergate-server/$(SOAK_FEATURES))
 	./scripts/soak.sh
 
 shadow-check: ort venv ## primary p99 with 100% shadow traffic to a slow twin vs without -> docs/shadow-check.md

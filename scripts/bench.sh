@@ -34,20 +34,8 @@ for model in mlp_small mlp_large; do
   done
 done
 
-# start_server NAME [taskset-prefix...]: serves $OUT/models, sets HTTP, GRPC, SERVER.
-start_server() {
-  local name=$1; shift
-  "$@" target/release/infergate serve --model-repository "$OUT/models" \
-    --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --insecure-admin \
-    > "$OUT/$name.out" 2> "$OUT/$name.log" &
-  SERVER=$!
-  for _ in $(seq 1 300); do grep -q "infergate serving" "$OUT/$name.out" 2>/dev/null && break; sleep 0.1; done
-  HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$OUT/$name.out")
-  GRPC=$(sed -n 's/.*grpc=\([^ ]*\).*/\1/p' "$OUT/$name.out")
-  ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$OUT/$name.out")
-  [ -n "$HTTP" ] || { echo "server did not start"; cat "$OUT/$name.log"; exit 1; }
-}
-stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+# shellcheck source=scripts/bench_lib.sh
+source scripts/bench_lib.sh
 trap stop_server EXIT
 
 echo "== infergate on loopback"
@@ -103,34 +91,7 @@ if [ -x "$OHA" ] && command -v taskset >/dev/null; then
 else
   echo "== oha or taskset missing: skipping the cross-check (make bench-tools installs oha)"
 fi
-echo "== observability overhead: tracing at 100% to an OTLP sink + per-request metrics, against both off"
-# mlp_small at concurrency 32, HTTP JSON and gRPC; server on core 0, client and sink on core 1
-# (when taskset is there); off and on alternate three times.
-PIN0=(); PIN1=()
-if command -v taskset >/dev/null; then PIN0=(taskset -c 0); PIN1=(taskset -c 1); fi
-rm -f "$OUT/sink.port"
-"${PIN1[@]}" python3 scripts/otlp_sink.py "$OUT/sink.port" "$OUT/results/overhead_sink.json" &
-SINK=$!
-for _ in $(seq 1 50); do [ -s "$OUT/sink.port" ] && break; sleep 0.1; done
-for round in 1 2 3; do
-  for mode in off on; do
-    if [ "$mode" = off ]; then
-      start_server "overhead_$mode" env INFERGATE_TELEMETRY__REQUEST_METRICS=false "${PIN0[@]}"
-    else
-      start_server "overhead_$mode" env INFERGATE_TELEMETRY__OTLP_ENDPOINT="http://127.0.0.1:$(cat "$OUT/sink.port")" \
-        INFERGATE_TELEMETRY__OTLP_PROTOCOL=http/protobuf INFERGATE_TELEMETRY__SAMPLING_RATIO=1 "${PIN0[@]}"
-    fi
-    for protocol in http-json grpc; do
-      url="http://$HTTP"; [ "$protocol" = grpc ] && url="grpc://$GRPC"
-      "${PIN1[@]}" "$LOADTEST" --threads 1 --url "$url" --protocol "$protocol" --model mlp_small --concurrency 32 \
-        --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/overhead_${mode}_${protocol}_$round.json"
-    done
-    sleep 1  # the batch processor exports every 500 ms
-    curl -s "http://$ADMIN/metrics" | grep -E '^infergate_trace_spans_total' > "$OUT/results/overhead_spans_${mode}_$round.txt" || true
-    stop_server
-  done
-done
-kill "$SINK" 2>/dev/null || true; wait "$SINK" 2>/dev/null || true
+scripts/bench_overhead.sh
 
 trap - EXIT
 python3 scripts/bench_report.py "$OUT/results" "$DURATION" "$WARMUP" "$SWEEP" > BENCHMARKS.md
