@@ -6,6 +6,10 @@
 # the pass criteria and writes docs/reliability-soak.svg and the soak section of
 # docs/reliability.md.
 #
+# The heap columns come from infergate_heap_bytes: c_allocated and c_held always (glibc's
+# malloc, which ONNX Runtime uses), rust_live only from a server built with the heap-stats
+# feature (`make soak SOAK_FEATURES=heap-stats`).
+#
 # The load, all on 127.0.0.1, three client processes at once:
 #   - HTTP JSON, concurrency 8, model `iris` from a registry whose `production` alias moves
 #     between two versions every SOAK_SWAP_EVERY seconds (default 20) from another process;
@@ -81,7 +85,7 @@ proc() { # $1: /proc/PID field
 }
 
 mkdir -p "$OUT/segments"
-echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps" >"$OUT/soak.csv"
+echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb" >"$OUT/soak.csv"
 START=$(date +%s)
 SEG=0
 while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
@@ -99,9 +103,14 @@ while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
   wait $A $B $C
   python3 - "$OUT/segments" "$SEG" "$(($(date +%s) - START))" "$(proc rss)" "$(proc fds)" "$(proc threads)" \
     "$(curl -sf "http://$HTTP/v2/models/simple/stats")" "$(grep -c 'default version swapped' "$OUT/server.log" || true)" \
+    "$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/metrics" | grep '^infergate_heap_bytes' || true)" \
     >>"$OUT/soak.csv" <<'PY'
 import json, sys
-segments, seg, elapsed, rss, fds, threads, stats, swaps = sys.argv[1:9]
+segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines = sys.argv[1:10]
+heap = {}
+for line in heap_lines.splitlines():
+    label, value = line.rsplit(" ", 1)
+    heap[label.split('kind="')[1].split('"')[0]] = str(int(float(value)) // 1024)
 runs = {}
 for label in ("json", "grpc", "binary"):
     doc = json.load(open(f"{segments}/{seg}-{label}.json"))
@@ -111,7 +120,8 @@ requests = sum(r["requests"] for r in runs.values())
 errors = sum(r["errors"] for r in runs.values())
 print(",".join(map(str, [elapsed, rss, fds, threads, requests, errors,
     *(f"{runs[l]['p99_ms']:.3f}" for l in ("json", "grpc", "binary")),
-    cache["cache_hit"]["count"], cache["cache_miss"]["count"], swaps])))
+    cache["cache_hit"]["count"], cache["cache_miss"]["count"], swaps,
+    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held"))])))
 PY
   tail -1 "$OUT/soak.csv"
 done

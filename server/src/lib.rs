@@ -8,6 +8,7 @@ pub mod core;
 pub mod drift;
 pub mod error;
 mod grpc;
+pub mod heap;
 mod http;
 pub mod layers;
 pub mod logging;

@@ -112,6 +112,9 @@ pub struct Metrics {
     /// Shadow traffic by route and result.
     pub shadow: Family<ShadowLabels, Counter>,
     pub process_resident_bytes: Gauge,
+    /// Heap bytes by kind (`heap`): rust_live (only with the counting allocator), c_allocated,
+    /// c_held (glibc's malloc, which ONNX Runtime uses).
+    pub heap_bytes: Family<HeapLabels, Gauge>,
     pub process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// The last closed drift window's PSI, by model, version and kind.
     pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -119,6 +122,12 @@ pub struct Metrics {
     pub trace_spans: Family<SpanLabels, Counter>,
     /// Whether the per-request series are recorded (`telemetry.request_metrics`).
     pub per_request: std::sync::atomic::AtomicBool,
+}
+
+/// Labels of the heap series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeapLabels {
+    pub kind: &'static str,
 }
 
 /// Labels of drift series.
@@ -160,6 +169,7 @@ impl Default for Metrics {
         let swaps = Counter::default();
         let shadow = Family::<ShadowLabels, Counter>::default();
         let process_resident_bytes = Gauge::default();
+        let heap_bytes = Family::<HeapLabels, Gauge>::default();
         let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let drift_psi = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let trace_spans = Family::<SpanLabels, Counter>::default();
@@ -202,6 +212,11 @@ impl Default for Metrics {
             "process_resident_memory_bytes",
             "Resident memory of the server process",
             process_resident_bytes.clone(),
+        );
+        registry.register(
+            "heap_bytes",
+            "Heap bytes: rust_live (built with the heap-stats feature), c_allocated and c_held (glibc malloc)",
+            heap_bytes.clone(),
         );
         registry.register(
             "process_cpu_seconds",
@@ -276,6 +291,7 @@ impl Default for Metrics {
             swaps,
             shadow,
             process_resident_bytes,
+            heap_bytes,
             process_cpu_seconds,
             drift_psi,
             trace_spans,
@@ -326,6 +342,14 @@ impl Metrics {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
         {
             self.process_resident_bytes.set(kb * 1024);
+        }
+        let heap = |kind| self.heap_bytes.get_or_create(&HeapLabels { kind }).clone();
+        if let Some(live) = crate::heap::rust_live_bytes() {
+            heap("rust_live").set(live);
+        }
+        if let Some((allocated, held)) = crate::heap::c_heap_bytes() {
+            heap("c_allocated").set(allocated);
+            heap("c_held").set(held);
         }
         if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
             && let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..])

@@ -1,0 +1,134 @@
+//! Heap accounting, for telling a leak from an allocator that holds on to freed memory (the
+//! soak's question, docs/reliability.md).
+//!
+//! - **Rust side:** [`Counting`] wraps the global allocator and keeps the bytes live. It costs
+//!   an atomic add per allocation, so the binary installs it only when built with the
+//!   `heap-stats` feature (`cargo build --release --features heap-stats`).
+//! - **C side:** ONNX Runtime allocates through glibc's malloc, whose own totals
+//!   (`mallinfo2`) say what it has handed out and what it holds. Always available on glibc.
+//!
+//! Both appear in `/metrics` as `infergate_heap_bytes{kind}`.
+
+use std::alloc::{GlobalAlloc, Layout};
+use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// A global allocator that counts the bytes live in `A`.
+pub struct Counting<A>(pub A);
+
+// SAFETY: every call goes to `A` unchanged; the counter only observes sizes. (A global
+// allocator is an unsafe trait: there is no way to count without one.)
+#[allow(unsafe_code)]
+unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is `A`'s.
+        let p = unsafe { self.0.alloc(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: as above.
+        let p = unsafe { self.0.alloc_zeroed(layout) };
+        if !p.is_null() {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+            COUNTING.store(true, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { self.0.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as above.
+        let p = unsafe { self.0.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        p
+    }
+}
+
+/// Bytes live on the Rust side; none unless [`Counting`] is the global allocator.
+pub fn rust_live_bytes() -> Option<i64> {
+    COUNTING
+        .load(Ordering::Relaxed)
+        .then(|| LIVE.load(Ordering::Relaxed) as i64)
+}
+
+/// glibc malloc's bytes handed out and bytes held from the system (heap arenas plus mmapped
+/// blocks), as `mallinfo2` reports them.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn c_heap_bytes() -> Option<(i64, i64)> {
+    #[allow(unsafe_code)]
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's statistics.
+    let info = unsafe { libc::mallinfo2() };
+    let allocated = info.uordblks + info.hblkhd;
+    let held = info.arena + info.hblkhd;
+    Some((allocated as i64, held as i64))
+}
+
+/// Not available without glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn c_heap_bytes() -> Option<(i64, i64)> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc as _, Layout, System};
+
+    use super::{Counting, LIVE};
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn counting_follows_allocations_frees_and_reallocations() {
+        let counting = Counting(System);
+        let layout = Layout::from_size_align(4096, 8).unwrap();
+        let before = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: a plain allocate, grow, free sequence with matching layouts.
+        unsafe {
+            let p = counting.alloc(layout);
+            assert!(!p.is_null());
+            assert_eq!(super::rust_live_bytes(), Some(before as i64 + 4096));
+            let q = counting.realloc(p, layout, 10_000);
+            assert!(!q.is_null());
+            assert_eq!(super::rust_live_bytes(), Some(before as i64 + 10_000));
+            counting.dealloc(q, Layout::from_size_align(10_000, 8).unwrap());
+        }
+        assert_eq!(super::rust_live_bytes(), Some(before as i64));
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn the_c_heap_reports_a_large_allocation() {
+        let Some((before, _)) = super::c_heap_bytes() else {
+            return; // not glibc
+        };
+        // SAFETY: malloc and free of one block.
+        unsafe {
+            // 256 MiB, mmapped and never touched: no real memory, and far more than other
+            // tests running beside this one allocate or free meanwhile.
+            let p = libc::malloc(256 << 20);
+            assert!(!p.is_null());
+            let (during, held) = super::c_heap_bytes().unwrap();
+            assert!(during - before >= 200 << 20, "{before} -> {during}");
+            assert!(held >= during);
+            libc::free(p);
+        }
+        let (after, _) = super::c_heap_bytes().unwrap();
+        assert!(after < before + (100 << 20), "{before} -> {after}");
+    }
+}
