@@ -143,6 +143,14 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     );
     assert!(count(&text, "infergate_process_resident_memory_bytes", &[]) > 1e6);
     assert!(count(&text, "infergate_process_cpu_seconds_total", &[]) > 0.0);
+    // ONNX Runtime allocates through glibc's malloc: a loaded model holds some of it. The test
+    // binary has no counting allocator, so there is no Rust series.
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        let allocated = count(&text, "infergate_heap_bytes", &["kind=\"c_allocated\""]);
+        assert!(allocated > 1e5, "{allocated}");
+        assert!(count(&text, "infergate_heap_bytes", &["kind=\"c_held\""]) >= allocated);
+    }
+    assert!(!text.contains("kind=\"rust_live\""));
     s.stop().await;
 }
 
