@@ -3,7 +3,7 @@
 //!
 //! - **Rust side:** [`Counting`] wraps the global allocator and keeps the bytes live. It costs
 //!   an atomic add per allocation, so the binary installs it only when built with the
-//!   `heap-stats` feature (`cargo build --release --features heap-stats`).
+//!   `heap-stats` feature (`cargo build --release -p infergate-server --features heap-stats`).
 //! - **C side:** ONNX Runtime allocates through glibc's malloc, whose own totals
 //!   (`mallinfo2`) say what it has handed out and what it holds. Always available on glibc.
 //!
@@ -14,6 +14,15 @@ use std::sync::atomic::{AtomicBool, AtomicIsize, Ordering};
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 static COUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Counts `bytes` more live. The flag is written once, not per allocation: a store on every
+/// call would bounce its cache line between cores.
+fn grew(bytes: isize) {
+    LIVE.fetch_add(bytes, Ordering::Relaxed);
+    if !COUNTING.load(Ordering::Relaxed) {
+        COUNTING.store(true, Ordering::Relaxed);
+    }
+}
 
 /// A global allocator that counts the bytes live in `A`.
 pub struct Counting<A>(pub A);
@@ -26,8 +35,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
         // SAFETY: the caller's contract is `A`'s.
         let p = unsafe { self.0.alloc(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            COUNTING.store(true, Ordering::Relaxed);
+            grew(layout.size() as isize);
         }
         p
     }
@@ -36,8 +44,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
         // SAFETY: as above.
         let p = unsafe { self.0.alloc_zeroed(layout) };
         if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            COUNTING.store(true, Ordering::Relaxed);
+            grew(layout.size() as isize);
         }
         p
     }
@@ -52,10 +59,7 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for Counting<A> {
         // SAFETY: as above.
         let p = unsafe { self.0.realloc(ptr, layout, new_size) };
         if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
+            grew(new_size as isize - layout.size() as isize);
         }
         p
     }
