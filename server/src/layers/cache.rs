@@ -3,13 +3,19 @@
 //! datatypes, shapes and bytes, requested outputs); a hit is only served when the stored
 //! canonical request equals this one, so a hash collision can never answer with another
 //! request's output. Identical requests in flight together are computed once.
+//!
+//! The single flight is this module's own (a map of shared futures), not moka's
+//! `try_get_with`: under a steady stream of misses, moka's waiter records (each holding the
+//! computed entry) were freed late, and the live heap grew by about 45 KiB a minute in the soak
+//! (docs/reliability.md). Plain `get` and `insert` do not grow.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Either};
+use futures::future::{BoxFuture, Either, FutureExt as _, Shared, WeakShared};
 use infergate_config::ResponseCache as Settings;
 use infergate_runtime::{NamedTensor, StageTimings, TensorData};
 use tokio::time::Instant;
@@ -18,6 +24,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::core::{InferRequest, InferResponse, ParamValue};
 use crate::error::{BoxError, ServeError};
 use crate::metrics::{CacheLabels, Metrics};
+use crate::repository::ModelVersion;
 
 /// Computes the 128-bit key of a canonical request (replaceable in tests to force collisions).
 pub type KeyFn = fn(&[u8]) -> u128;
@@ -29,11 +36,21 @@ struct Entry {
     timings: StageTimings,
 }
 
+/// A computation of an entry: the entry, or the error every caller waiting for it gets.
+type Computation = BoxFuture<'static, Result<Arc<Entry>, Arc<BoxError>>>;
+
+/// A computation that callers with the same key share.
+type Flight = Shared<Computation>;
+
 /// One model version's cache.
 pub struct ResponseCache {
     cache: moka::future::Cache<u128, Arc<Entry>>,
     digest: String,
     key_fn: KeyFn,
+    /// Computations in flight, by key. Weak: when every caller of one has gone, it is dropped
+    /// (and removes itself here).
+    flights: Mutex<HashMap<u128, (u64, WeakShared<Computation>)>>,
+    next_flight: AtomicU64,
 }
 
 impl std::fmt::Debug for ResponseCache {
@@ -41,6 +58,24 @@ impl std::fmt::Debug for ResponseCache {
         f.debug_struct("ResponseCache")
             .field("entries", &self.cache.entry_count())
             .finish()
+    }
+}
+
+/// Removes its flight from the map when the flight ends or is dropped unfinished.
+struct Landing {
+    version: Arc<ModelVersion>,
+    key: u128,
+    id: u64,
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if let Some(cache) = &self.version.cache {
+            let mut flights = cache.flights.lock().unwrap_or_else(|e| e.into_inner());
+            if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+                flights.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -68,7 +103,49 @@ impl ResponseCache {
             cache: builder.build(),
             digest,
             key_fn,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
         }
+    }
+
+    /// The flight computing `key`: one in progress (`false`: joined) or a new one started with
+    /// `compute` (`true`). `version` is the version owning this cache.
+    fn flight(
+        &self,
+        version: &Arc<ModelVersion>,
+        key: u128,
+        compute: impl FnOnce() -> BoxFuture<'static, Result<Entry, BoxError>>,
+    ) -> (Flight, bool) {
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(flight) = flights.get(&key).and_then(|(_, weak)| weak.upgrade()) {
+            return (flight, false);
+        }
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let landing = Landing {
+            version: Arc::clone(version),
+            key,
+            id,
+        };
+        let computation = compute();
+        let cache = self.cache.clone();
+        let flight = async move {
+            let entry = Arc::new(computation.await.map_err(Arc::new)?);
+            // Cached before the flight leaves the map: a caller arriving now finds one or the
+            // other.
+            cache.insert(key, Arc::clone(&entry)).await;
+            drop(landing);
+            Ok(entry)
+        }
+        .boxed()
+        .shared();
+        let weak = flight.downgrade().expect("not polled yet");
+        flights.insert(key, (id, weak));
+        (flight, true)
+    }
+
+    /// Computations in flight.
+    pub fn flights(&self) -> usize {
+        self.flights.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Everything that decides the answer, in a fixed order, length-prefixed.
@@ -176,26 +253,28 @@ where
             let lookup = Instant::now();
             let canonical = cache.canonical(&req);
             let key = (cache.key_fn)(&canonical);
-            let computed = Arc::new(AtomicBool::new(false));
-            let init = {
-                let (inner, req, computed) = (inner.clone(), req.clone(), Arc::clone(&computed));
-                let canonical = canonical.clone();
-                async move {
-                    computed.store(true, Ordering::Relaxed);
-                    let resp = inner.oneshot(req).await?;
-                    Ok::<_, BoxError>(Arc::new(Entry {
-                        canonical,
-                        outputs: resp.outputs,
-                        timings: resp.timings,
-                    }))
+            let (entry, hit) = match cache.cache.get(&key).await {
+                Some(entry) => (entry, true),
+                None => {
+                    let (flight, started) = cache.flight(&target, key, || {
+                        let (inner, req) = (inner.clone(), req.clone());
+                        let canonical = canonical.clone();
+                        async move {
+                            let resp = inner.oneshot(req).await?;
+                            Ok(Entry {
+                                canonical,
+                                outputs: resp.outputs,
+                                timings: resp.timings,
+                            })
+                        }
+                        .boxed()
+                    });
+                    let entry = flight
+                        .await
+                        .map_err(|e| BoxError::from(ServeError::classify(e.as_ref().as_ref())))?;
+                    (entry, !started)
                 }
             };
-            let entry = cache
-                .cache
-                .try_get_with(key, init)
-                .await
-                .map_err(|e| BoxError::from(ServeError::classify(e.as_ref().as_ref())))?;
-            let hit = !computed.load(Ordering::Relaxed);
             let (outputs, hit, timings) = if entry.canonical == canonical {
                 let timings = if hit {
                     StageTimings::default()

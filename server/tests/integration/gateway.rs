@@ -8,7 +8,7 @@ use std::time::Duration;
 use infergate_config::{Config, DynamicBatching, ModelConfig, ResponseCache as CacheSettings};
 use infergate_runtime::test_util::{Behavior, FakeFactory};
 use infergate_runtime::{Model, ModelOptions, NamedTensor, Tensor};
-use infergate_server::core::{InferRequest, ParamValue, Protocol};
+use infergate_server::core::{InferRequest, InferResponse, ParamValue, Protocol};
 use infergate_server::error::{ErrorKind, ServeError};
 use infergate_server::layers::cache::ResponseCache;
 use infergate_server::repository::{ModelVersion, Repository};
@@ -327,9 +327,87 @@ async fn identical_requests_in_flight_run_once_and_repeats_hit_the_cache() {
         "a different request is computed"
     );
     assert_eq!(factory.executions.load(Ordering::SeqCst), 2);
-    let stats = &repo.resolve("fake", None).unwrap().stats;
-    assert_eq!(stats.cache_hit.get().0, 8);
-    assert_eq!(stats.cache_miss.get().0, 2);
+    let version = repo.resolve("fake", None).unwrap();
+    assert_eq!(version.stats.cache_hit.get().0, 8);
+    assert_eq!(version.stats.cache_miss.get().0, 2);
+    assert_eq!(
+        version.cache.as_ref().unwrap().flights(),
+        0,
+        "no flight left"
+    );
+}
+
+#[tokio::test]
+async fn a_shared_computation_outlives_its_starter_and_ends_with_its_last_caller() {
+    let config = ModelConfig {
+        response_cache: Some(CacheSettings::default()),
+        ..ModelConfig::default()
+    };
+    let (repo, factory) = fake(Behavior::Slow(Duration::from_millis(150)), config, 2);
+    let gateway = Gateway::new(Config::default(), repo.clone()).unwrap();
+    let version = repo.resolve("fake", None).unwrap();
+    let cache = version.cache.as_ref().unwrap();
+    let spawn = |value: f32| {
+        let g = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            g.stack
+                .clone()
+                .oneshot(request(1, value))
+                .await
+                .map_err(ServeError::from)
+        })
+    };
+    let hit = |resp: &InferResponse| {
+        resp.parameters
+            .contains(&("cache_hit".to_string(), ParamValue::Bool(true)))
+    };
+
+    // The caller that started the computation goes away; the one that joined it still gets
+    // the answer, computed once.
+    let starter = spawn(3.0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let joiner = spawn(3.0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(cache.flights(), 1);
+    starter.abort();
+    let resp = joiner.await.unwrap().unwrap();
+    assert_eq!(
+        resp.outputs[0].tensor.to_vec::<f32>().unwrap(),
+        vec![3.0, 3.0]
+    );
+    assert!(hit(&resp), "the joiner shared the computation");
+    assert_eq!(factory.executions.load(Ordering::SeqCst), 1);
+    assert_eq!(cache.flights(), 0);
+    assert!(
+        hit(&call_response(&gateway, request(1, 3.0)).await),
+        "cached"
+    );
+
+    // Every caller goes away: the flight ends with them, nothing is cached, and the next
+    // identical request computes afresh.
+    let lone = spawn(6.0);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(cache.flights(), 1);
+    lone.abort();
+    assert!(lone.await.unwrap_err().is_cancelled());
+    assert_eq!(cache.flights(), 0, "the abandoned flight removed itself");
+    let again = call_response(&gateway, request(1, 6.0)).await;
+    assert_eq!(
+        again.outputs[0].tensor.to_vec::<f32>().unwrap(),
+        vec![6.0, 6.0]
+    );
+    assert!(!hit(&again), "computed afresh");
+    assert_eq!(cache.flights(), 0);
+}
+
+async fn call_response(gateway: &Arc<Gateway>, req: InferRequest) -> InferResponse {
+    gateway
+        .stack
+        .clone()
+        .oneshot(req)
+        .await
+        .map_err(ServeError::from)
+        .unwrap()
 }
 
 mod properties {
