@@ -90,6 +90,34 @@ pub fn c_heap_bytes() -> Option<(i64, i64)> {
     None
 }
 
+/// Gives the memory glibc's malloc holds unused back to the system (`malloc_trim`) when
+/// there is more than `threshold` bytes of it. glibc keeps freed chunks inside its arenas and
+/// returns only the top of each; ONNX Runtime's allocations and frees on many threads leave
+/// free memory in the middle, which stays resident (docs/reliability.md). Returns whether it
+/// trimmed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim_c_heap(threshold: u64) -> bool {
+    let Some((allocated, held)) = c_heap_bytes() else {
+        return false;
+    };
+    if held.saturating_sub(allocated) <= threshold as i64 {
+        return false;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only releases free memory inside the allocator; it takes the
+    // arenas' locks like any malloc call.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    true
+}
+
+/// Nothing to trim without glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_c_heap(_threshold: u64) -> bool {
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc as _, Layout, System};
@@ -134,5 +162,28 @@ mod tests {
         }
         let (after, _) = super::c_heap_bytes().unwrap();
         assert!(after < before + (100 << 20), "{before} -> {after}");
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn free_memory_in_the_middle_of_the_c_heap_is_trimmed() {
+        if super::c_heap_bytes().is_none() {
+            return; // not glibc
+        }
+        // 32 MiB in 16 KiB blocks (below the mmap threshold: inside an arena), then every
+        // other block freed: 16 MiB of holes that glibc keeps.
+        // SAFETY: each block is freed exactly once.
+        let blocks: Vec<*mut libc::c_void> = (0..2048)
+            .map(|_| unsafe { libc::malloc(16 << 10) })
+            .collect();
+        assert!(blocks.iter().all(|p| !p.is_null()));
+        for p in blocks.iter().step_by(2) {
+            unsafe { libc::free(*p) };
+        }
+        assert!(!super::trim_c_heap(1 << 40), "under the threshold: no trim");
+        assert!(super::trim_c_heap(4 << 20), "16 MiB held unused: trimmed");
+        for p in blocks.iter().skip(1).step_by(2) {
+            unsafe { libc::free(*p) };
+        }
     }
 }

@@ -215,6 +215,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
+    let trim = Duration::from_millis(gateway.config.runtime.heap_trim_ms);
+    if !trim.is_zero() {
+        tokio::spawn(trim_heap(
+            Arc::clone(&gateway.metrics),
+            trim,
+            shutdown.clone(),
+        ));
+    }
     let limits = http::ConnLimits::from_config(&gateway.config.server);
     let tls = match &gateway.config.security.tls {
         Some(tls) => Some(tls::http_acceptor(tls)?),
@@ -300,6 +308,24 @@ fn canary_audit(registry: Arc<infergate_registry::Registry>) -> layers::route::C
             }
         });
     })
+}
+
+/// Gives glibc's unused heap back to the system every `every` until shutdown
+/// (`runtime.heap_trim_ms`).
+async fn trim_heap(metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Walking the arenas takes their locks: off the request threads.
+        if let Ok(true) = tokio::task::spawn_blocking(|| heap::trim_c_heap(4 << 20)).await {
+            metrics.heap_trims.inc();
+        }
+    }
 }
 
 /// Polls the registry and hot-swaps what changed until shutdown.

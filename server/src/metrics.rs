@@ -115,6 +115,8 @@ pub struct Metrics {
     /// Heap bytes by kind (`heap`): rust_live (only with the counting allocator), c_allocated,
     /// c_held (glibc's malloc, which ONNX Runtime uses).
     pub heap_bytes: Family<HeapLabels, Gauge>,
+    /// Times glibc's unused heap was given back to the system (`runtime.heap_trim_ms`).
+    pub heap_trims: Counter,
     pub process_cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// The last closed drift window's PSI, by model, version and kind.
     pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -170,6 +172,7 @@ impl Default for Metrics {
         let shadow = Family::<ShadowLabels, Counter>::default();
         let process_resident_bytes = Gauge::default();
         let heap_bytes = Family::<HeapLabels, Gauge>::default();
+        let heap_trims = Counter::default();
         let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let drift_psi = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let trace_spans = Family::<SpanLabels, Counter>::default();
@@ -217,6 +220,11 @@ impl Default for Metrics {
             "heap_bytes",
             "Heap bytes: rust_live (built with the heap-stats feature), c_allocated and c_held (glibc malloc)",
             heap_bytes.clone(),
+        );
+        registry.register(
+            "heap_trims",
+            "Times glibc malloc's unused memory was given back to the system (runtime.heap_trim_ms)",
+            heap_trims.clone(),
         );
         registry.register(
             "process_cpu_seconds",
@@ -292,6 +300,7 @@ impl Default for Metrics {
             shadow,
             process_resident_bytes,
             heap_bytes,
+            heap_trims,
             process_cpu_seconds,
             drift_psi,
             trace_spans,
