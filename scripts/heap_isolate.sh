@@ -12,9 +12,14 @@
 # Build first: cargo build --release --features infergate-server/heap-stats \
 #   -p infergate-server -p infergate-loadtest --bins
 # Usage: scripts/heap_isolate.sh ACTIVITY [ROUNDS]
+# With HEAPTRACK=FILE the server runs under heaptrack (which needs glibc's malloc: build with
+# --features infergate-server/heap-stats,infergate-server/system-alloc and, for readable stacks,
+# CARGO_PROFILE_RELEASE_DEBUG=line-tables-only; BIN names that build's directory) and is
+# killed after the last round, so FILE holds every allocation still live then. Two runs with
+# different ROUNDS, compared with `heaptrack_print --diff`, show where the heap grows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=target/release
+BIN=${BIN:-target/release}
 ACTIVITY=${1:?activity}
 ROUNDS=${2:-4}
 W=.bench/heap/$ACTIVITY
@@ -27,11 +32,11 @@ reg import --name iris models/repository/iris_mlp/1/model.onnx
 reg import --name iris models/repository/iris_mlp/2/model.onnx
 reg alias iris production 1
 printf '[models]\nregistry_poll_ms = 200\n' >"$W/config.toml"
-"$BIN/infergate" serve --registry "$W/reg" --model-repository "$W/repo" --config "$W/config.toml" \
+${HEAPTRACK:+heaptrack -o "$HEAPTRACK"} "$BIN/infergate" serve --registry "$W/reg" --model-repository "$W/repo" --config "$W/config.toml" \
   --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --admin-addr 127.0.0.1:0 --insecure-admin >"$W/out" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q "infergate serving:" "$W/out" && break; sleep 0.1; done
+for _ in $(seq 600); do grep -q "infergate serving:" "$W/out" && break; sleep 0.1; done
 line=$(grep -m1 "infergate serving:" "$W/out")
 HTTP=$(sed -E 's/.*http=([0-9.:]+).*/\1/' <<<"$line")
 GRPC=$(sed -E 's/.*grpc=([0-9.:]+).*/\1/' <<<"$line")
@@ -65,3 +70,10 @@ for r in $(seq "$ROUNDS"); do
   esac
   echo "$r $(live)"
 done
+if [ -n "${HEAPTRACK:-}" ]; then
+  # Kill the server itself (heaptrack's wrapper then finishes writing FILE).
+  for p in $(pgrep -f -- "--config $W/config.toml"); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = infergate ] && kill -9 "$p"
+  done
+  wait "$SERVER" 2>/dev/null || true
+fi

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Soak (`make soak`): SOAK_DURATION seconds (default 1800) of mixed load against the release
 # server, with periodic hot swaps and response-cache churn. Every SOAK_SEGMENT seconds
-# (default 30) it records the server's resident memory, open file descriptors and threads, and
+# (default 30) it records the server's resident memory (in all, and its anonymous and
+# file-backed parts), open file descriptors and threads, and
 # each client's requests, errors and p99 to .bench/soak/soak.csv; scripts/soak_report.py checks
 # the pass criteria and writes docs/reliability-soak.svg and the soak section of
 # docs/reliability.md.
@@ -79,13 +80,15 @@ client() { # $1: label, then loadtest arguments
 proc() { # $1: /proc/PID field
   case $1 in
     rss) awk '/VmRSS/ {print $2}' "/proc/$SERVER/status" ;;
+    anon) awk '/RssAnon/ {print $2}' "/proc/$SERVER/status" ;;
+    file) awk '/RssFile/ {print $2}' "/proc/$SERVER/status" ;;
     threads) awk '/Threads/ {print $2}' "/proc/$SERVER/status" ;;
     fds) ls "/proc/$SERVER/fd" | wc -l ;;
   esac
 }
 
 mkdir -p "$OUT/segments"
-echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb" >"$OUT/soak.csv"
+echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb,rss_anon_kb,rss_file_kb" >"$OUT/soak.csv"
 START=$(date +%s)
 SEG=0
 while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
@@ -104,9 +107,9 @@ while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
   python3 - "$OUT/segments" "$SEG" "$(($(date +%s) - START))" "$(proc rss)" "$(proc fds)" "$(proc threads)" \
     "$(curl -sf "http://$HTTP/v2/models/simple/stats")" "$(grep -c 'default version swapped' "$OUT/server.log" || true)" \
     "$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/metrics" | grep '^infergate_heap_bytes' || true)" \
-    >>"$OUT/soak.csv" <<'PY'
+    "$(proc anon)" "$(proc file)" >>"$OUT/soak.csv" <<'PY'
 import json, sys
-segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines = sys.argv[1:10]
+segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines, anon, file = sys.argv[1:12]
 heap = {}
 for line in heap_lines.splitlines():
     label, value = line.rsplit(" ", 1)
@@ -121,7 +124,7 @@ errors = sum(r["errors"] for r in runs.values())
 print(",".join(map(str, [elapsed, rss, fds, threads, requests, errors,
     *(f"{runs[l]['p99_ms']:.3f}" for l in ("json", "grpc", "binary")),
     cache["cache_hit"]["count"], cache["cache_miss"]["count"], swaps,
-    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held"))])))
+    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held")), anon, file])))
 PY
   tail -1 "$OUT/soak.csv"
 done

@@ -69,6 +69,13 @@ def main():
     errors = int(sum(num("errors")))
     requests = int(sum(num("requests")))
     growth = trend_growth(t[warm:], rss[warm:]) * 100
+    # Resident memory's two parts (recorded since the columns were added): anonymous (heaps,
+    # stacks) and file-backed (mapped code such as ONNX Runtime's library, paged in on use).
+    parts = [
+        (name, num(key))
+        for name, key in (("anonymous", "rss_anon_kb"), ("file-backed", "rss_file_kb"))
+        if rows[0].get(key)
+    ]
     p99 = {c: num(f"p99_ms_{c}") for c in CLIENTS}
     steady = {c: v[warm:] for c, v in p99.items()}
     third = max(1, len(steady["json"]) // 3)
@@ -87,7 +94,14 @@ def main():
     ]
 
     svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="760" height="560" font-family="sans-serif">']
-    svg += panel("resident memory (kB)", t, [("RSS", rss, "#1b9e77")], (70, 30, 660, 130), "kB")
+    colors = {"anonymous": "#a6761d", "file-backed": "#666666"}
+    svg += panel(
+        "resident memory (kB)",
+        t,
+        [("RSS", rss, "#1b9e77"), *((name, v, colors[name]) for name, v in parts)],
+        (70, 30, 660, 130),
+        "kB",
+    )
     svg += panel("open fds and threads", t, [("fds", fds, "#7570b3"), ("threads", threads, "#e7298a")], (70, 210, 660, 130), "count")
     svg += panel(
         "p99 per segment (ms)",
@@ -112,6 +126,12 @@ def main():
         f"- alias moves applied by the server: {swaps}; reloads: {len(rows)}; cache hits / misses: {hits:,} / {misses:,}",
         f"- resident memory: {rss[warm] / 1024:.1f} MiB after warm-up, {rss[-1] / 1024:.1f} MiB at the end, "
         f"min {min(rss[warm:]) / 1024:.1f}, max {max(rss[warm:]) / 1024:.1f}",
+        *(
+            f"  - {name}: {v[warm] / 1024:.1f} → {v[-1] / 1024:.1f} MiB, trend "
+            f"{trend_growth(t[warm:], v[warm:]) * 100:+.1f}% of its own size, "
+            f"{trend_growth(t[warm:], v[warm:]) * statistics.fmean(v[warm:]) / statistics.fmean(rss[warm:]) * 100:+.1f}% of resident memory"
+            for name, v in parts
+        ),
         f"- open fds: {min(fds):.0f}–{max(fds):.0f}; threads: {min(threads):.0f}–{max(threads):.0f}",
         "- p99 per client (median of segments, max): "
         + ", ".join(f"{c} {statistics.median(p99[c]):.2f} ms / {max(p99[c]):.2f} ms" for c in CLIENTS),

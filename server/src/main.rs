@@ -7,15 +7,22 @@ use infergate_server::cli::{Cli, Command};
 // workers). glibc's per-thread arenas kept freed memory: a 30-minute soak grew resident memory
 // by 17% while the bytes in use stayed near 16 MB of 39 MB held (docs/reliability.md).
 // mimalloc returns it.
-#[cfg(not(feature = "heap-stats"))]
+#[cfg(not(any(feature = "heap-stats", feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // Built with `--features heap-stats`, the same allocator, counted (see `infergate_server::heap`).
-#[cfg(feature = "heap-stats")]
+#[cfg(all(feature = "heap-stats", not(feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: infergate_server::heap::Counting<mimalloc::MiMalloc> =
     infergate_server::heap::Counting(mimalloc::MiMalloc);
+
+// Built with `--features system-alloc`, glibc's malloc, which heap profilers such as heaptrack
+// intercept (scripts/heap_profile.sh); counted as well with `heap-stats`.
+#[cfg(all(feature = "heap-stats", feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: infergate_server::heap::Counting<std::alloc::System> =
+    infergate_server::heap::Counting(std::alloc::System);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
