@@ -88,7 +88,7 @@ proc() { # $1: /proc/PID field
 }
 
 mkdir -p "$OUT/segments"
-echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb,rss_anon_kb,rss_file_kb" >"$OUT/soak.csv"
+echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb,rss_anon_kb,rss_file_kb,heap_trims" >"$OUT/soak.csv"
 START=$(date +%s)
 SEG=0
 while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
@@ -106,14 +106,18 @@ while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
   wait $A $B $C
   python3 - "$OUT/segments" "$SEG" "$(($(date +%s) - START))" "$(proc rss)" "$(proc fds)" "$(proc threads)" \
     "$(curl -sf "http://$HTTP/v2/models/simple/stats")" "$(grep -c 'default version swapped' "$OUT/server.log" || true)" \
-    "$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/metrics" | grep '^infergate_heap_bytes' || true)" \
+    "$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/metrics" | grep '^infergate_heap_' || true)" \
     "$(proc anon)" "$(proc file)" >>"$OUT/soak.csv" <<'PY'
 import json, sys
 segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines, anon, file = sys.argv[1:12]
 heap = {}
+trims = ""
 for line in heap_lines.splitlines():
     label, value = line.rsplit(" ", 1)
-    heap[label.split('kind="')[1].split('"')[0]] = str(int(float(value)) // 1024)
+    if label == "infergate_heap_trims_total":
+        trims = str(int(float(value)))
+    elif 'kind="' in label:
+        heap[label.split('kind="')[1].split('"')[0]] = str(int(float(value)) // 1024)
 runs = {}
 for label in ("json", "grpc", "binary"):
     doc = json.load(open(f"{segments}/{seg}-{label}.json"))
@@ -124,7 +128,7 @@ errors = sum(r["errors"] for r in runs.values())
 print(",".join(map(str, [elapsed, rss, fds, threads, requests, errors,
     *(f"{runs[l]['p99_ms']:.3f}" for l in ("json", "grpc", "binary")),
     cache["cache_hit"]["count"], cache["cache_miss"]["count"], swaps,
-    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held")), anon, file])))
+    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held")), anon, file, trims])))
 PY
   tail -1 "$OUT/soak.csv"
 done

@@ -132,6 +132,11 @@ def main():
             f"{trend_growth(t[warm:], v[warm:]) * statistics.fmean(v[warm:]) / statistics.fmean(rss[warm:]) * 100:+.1f}% of resident memory"
             for name, v in parts
         ),
+        *(
+            [f"- glibc heap trims (`runtime.heap_trim_ms`): {rows[-1]['heap_trims']}"]
+            if rows[-1].get("heap_trims")
+            else []
+        ),
         f"- open fds: {min(fds):.0f}–{max(fds):.0f}; threads: {min(threads):.0f}–{max(threads):.0f}",
         "- p99 per client (median of segments, max): "
         + ", ".join(f"{c} {statistics.median(p99[c]):.2f} ms / {max(p99[c]):.2f} ms" for c in CLIENTS),
