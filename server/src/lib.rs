@@ -310,17 +310,34 @@ fn canary_audit(registry: Arc<infergate_registry::Registry>) -> layers::route::C
     })
 }
 
+/// A period's ticks until shutdown, the first one period from now; a late tick delays the next.
+struct Ticks {
+    interval: tokio::time::Interval,
+    shutdown: CancellationToken,
+}
+
+impl Ticks {
+    async fn new(every: Duration, shutdown: CancellationToken) -> Self {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        Self { interval, shutdown }
+    }
+
+    /// Waits for the next tick: false once shut down.
+    async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => false,
+            _ = self.interval.tick() => true,
+        }
+    }
+}
+
 /// Gives glibc's unused heap back to the system every `every` until shutdown
 /// (`runtime.heap_trim_ms`).
 async fn trim_heap(metrics: Arc<Metrics>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(every, shutdown).await;
+    while ticks.next().await {
         // Walking the arenas takes their locks: off the request threads.
         if let Ok(true) = tokio::task::spawn_blocking(|| heap::trim_c_heap(4 << 20)).await {
             metrics.heap_trims.inc();
@@ -330,14 +347,8 @@ async fn trim_heap(metrics: Arc<Metrics>, every: Duration, shutdown: Cancellatio
 
 /// Polls the registry and hot-swaps what changed until shutdown.
 async fn follow_registry(gateway: Arc<Gateway>, every: Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticks = Ticks::new(every, shutdown).await;
+    while ticks.next().await {
         let changed = match gateway.repository.sync_registry().await {
             Ok(changed) => changed,
             Err(e) => {
