@@ -90,6 +90,10 @@ pub fn c_heap_bytes() -> Option<(i64, i64)> {
     None
 }
 
+/// What glibc may hold unused before the server's periodic trim gives it back
+/// (`runtime.heap_trim_ms`).
+pub const TRIM_SLACK_BYTES: u64 = 4 << 20;
+
 /// Gives the memory glibc's malloc holds unused back to the system (`malloc_trim`) when
 /// there is more than `threshold` bytes of it. glibc keeps freed chunks inside its arenas and
 /// returns only the top of each; ONNX Runtime's allocations and frees on many threads leave

@@ -339,7 +339,9 @@ async fn trim_heap(metrics: Arc<Metrics>, every: Duration, shutdown: Cancellatio
     let mut ticks = Ticks::new(every, shutdown).await;
     while ticks.next().await {
         // Walking the arenas takes their locks: off the request threads.
-        if let Ok(true) = tokio::task::spawn_blocking(|| heap::trim_c_heap(4 << 20)).await {
+        if let Ok(true) =
+            tokio::task::spawn_blocking(|| heap::trim_c_heap(heap::TRIM_SLACK_BYTES)).await
+        {
             metrics.heap_trims.inc();
         }
     }

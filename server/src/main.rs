@@ -18,7 +18,7 @@ static GLOBAL: infergate_server::heap::Counting<mimalloc::MiMalloc> =
     infergate_server::heap::Counting(mimalloc::MiMalloc);
 
 // Built with `--features system-alloc`, glibc's malloc, which heap profilers such as heaptrack
-// intercept (scripts/heap_profile.sh); counted as well with `heap-stats`.
+// intercept (`HEAPTRACK=FILE scripts/heap_isolate.sh`); counted as well with `heap-stats`.
 #[cfg(all(feature = "heap-stats", feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: infergate_server::heap::Counting<std::alloc::System> =

@@ -24,7 +24,6 @@ use tower::{Layer, Service, ServiceExt};
 use crate::core::{InferRequest, InferResponse, ParamValue};
 use crate::error::{BoxError, ServeError};
 use crate::metrics::{CacheLabels, Metrics};
-use crate::repository::ModelVersion;
 
 /// Computes the 128-bit key of a canonical request (replaceable in tests to force collisions).
 pub type KeyFn = fn(&[u8]) -> u128;
@@ -42,14 +41,16 @@ type Computation = BoxFuture<'static, Result<Arc<Entry>, Arc<BoxError>>>;
 /// A computation that callers with the same key share.
 type Flight = Shared<Computation>;
 
+/// Computations in flight, by key, each with its id. Weak: when every caller of one has gone,
+/// it is dropped (and removes itself).
+type Flights = Arc<Mutex<HashMap<u128, (u64, WeakShared<Computation>)>>>;
+
 /// One model version's cache.
 pub struct ResponseCache {
     cache: moka::future::Cache<u128, Arc<Entry>>,
     digest: String,
     key_fn: KeyFn,
-    /// Computations in flight, by key. Weak: when every caller of one has gone, it is dropped
-    /// (and removes itself here).
-    flights: Mutex<HashMap<u128, (u64, WeakShared<Computation>)>>,
+    flights: Flights,
     next_flight: AtomicU64,
 }
 
@@ -63,18 +64,16 @@ impl std::fmt::Debug for ResponseCache {
 
 /// Removes its flight from the map when the flight ends or is dropped unfinished.
 struct Landing {
-    version: Arc<ModelVersion>,
+    flights: Flights,
     key: u128,
     id: u64,
 }
 
 impl Drop for Landing {
     fn drop(&mut self) {
-        if let Some(cache) = &self.version.cache {
-            let mut flights = cache.flights.lock().unwrap_or_else(|e| e.into_inner());
-            if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-                flights.remove(&self.key);
-            }
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            flights.remove(&self.key);
         }
     }
 }
@@ -103,16 +102,15 @@ impl ResponseCache {
             cache: builder.build(),
             digest,
             key_fn,
-            flights: Mutex::new(HashMap::new()),
+            flights: Flights::default(),
             next_flight: AtomicU64::new(0),
         }
     }
 
     /// The flight computing `key`: one in progress (`false`: joined) or a new one started with
-    /// `compute` (`true`). `version` is the version owning this cache.
+    /// `compute` (`true`).
     fn flight(
         &self,
-        version: &Arc<ModelVersion>,
         key: u128,
         compute: impl FnOnce() -> BoxFuture<'static, Result<Entry, BoxError>>,
     ) -> (Flight, bool) {
@@ -122,7 +120,7 @@ impl ResponseCache {
         }
         let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let landing = Landing {
-            version: Arc::clone(version),
+            flights: Arc::clone(&self.flights),
             key,
             id,
         };
@@ -256,7 +254,7 @@ where
             let (entry, hit) = match cache.cache.get(&key).await {
                 Some(entry) => (entry, true),
                 None => {
-                    let (flight, started) = cache.flight(&target, key, || {
+                    let (flight, started) = cache.flight(key, || {
                         let (inner, req) = (inner.clone(), req.clone());
                         let canonical = canonical.clone();
                         async move {
