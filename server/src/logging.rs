@@ -1,12 +1,18 @@
 //! Logging: the `tracing` subscriber (text or JSON on stderr) with a filter that the admin API
 //! can change while the server runs (`GET`/`PUT /admin/log-level`). A JSON line logged inside
 //! a traced request carries its `trace_id` and `span_id`.
+//!
+//! Spans are for traces, not for logs: the log layer sees events only. Formatting every
+//! request span's fields into text for a log line that is almost never written cost the
+//! request path more than exporting the span did.
 
+use std::io::IsTerminal as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use opentelemetry::trace::TraceContextExt as _;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
@@ -55,12 +61,13 @@ impl LogControl {
     }
 }
 
-/// tracing-subscriber's JSON lines with the current span's trace and span ids added (when
-/// the span is recorded by OpenTelemetry), so logs and traces join on `trace_id`.
+/// tracing-subscriber's JSON lines with the current span's name and, when OpenTelemetry
+/// records the span, its trace and span ids added, so logs and traces join on `trace_id`.
 ///
-/// The ids live with the OpenTelemetry layer, which answers through the dispatcher; inside an
-/// event the current dispatcher cannot be asked for (tracing guards against re-entry), so the
-/// formatter is told its own with [`JsonWithTraceIds::bind`].
+/// The log layer does not see spans (see the module's notes), so the current span is the
+/// dispatcher's, and the ids live with the OpenTelemetry layer, which answers through the
+/// dispatcher too; inside an event the current dispatcher cannot be asked for (tracing guards
+/// against re-entry), so the formatter is told its own with [`Binder::bind`].
 pub struct JsonWithTraceIds {
     format: Format<Json>,
     dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
@@ -102,29 +109,33 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        // Read before formatting: the formatter holds span extensions while it writes.
-        let ids = ctx.lookup_current().and_then(|span| {
-            let dispatch = self.dispatch.get()?.upgrade()?;
-            let context = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)?;
-            let ids = context.span().span_context().clone();
-            ids.is_valid().then_some(ids)
-        });
-        let Some(ids) = ids else {
+        let dispatch = self.dispatch.get().and_then(|d| d.upgrade());
+        let current = dispatch.as_ref().map(|d| (d, d.current_span()));
+        let Some((dispatch, Some(id), Some(meta))) =
+            current.map(|(d, c)| (d, c.id().cloned(), c.metadata()))
+        else {
             return self.format.format_event(ctx, writer, event);
         };
+        let ids = tracing_opentelemetry::get_otel_context(&id, dispatch)
+            .map(|context| context.span().span_context().clone())
+            .filter(opentelemetry::trace::SpanContext::is_valid);
         let mut line = String::new();
         self.format
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let object = line.trim_end();
-        match object.strip_suffix('}') {
-            Some(open) => writeln!(
+        let Some(open) = line.trim_end().strip_suffix('}') else {
+            return writer.write_str(&line);
+        };
+        // A span name is an identifier (a literal in the span macro): nothing to escape.
+        write!(writer, r#"{open},"span":{{"name":"{}"}}"#, meta.name())?;
+        if let Some(ids) = ids {
+            write!(
                 writer,
-                r#"{open},"trace_id":"{}","span_id":"{}"}}"#,
+                r#","trace_id":"{}","span_id":"{}""#,
                 ids.trace_id(),
                 ids.span_id()
-            ),
-            None => writer.write_str(&line),
+            )?;
         }
+        writeln!(writer, "}}")
     }
 }
 
@@ -159,7 +170,9 @@ pub fn init(
         "info".to_string()
     };
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let otel = tracer.map(otel_layer);
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     let _ = if config.format == "json" {
@@ -168,16 +181,23 @@ pub fn init(
         let installed = registry
             .with(
                 fmt.event_format(format)
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new()),
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .with_filter(events_only()),
             )
             .try_init();
         // Outside any scoped dispatcher, the default is the global one just installed.
         tracing::dispatcher::get_default(|d| binder.bind(d));
         installed
     } else {
-        registry.with(fmt).try_init()
+        registry.with(fmt.with_filter(events_only())).try_init()
     };
     LogControl::new(&initial, handle)
+}
+
+/// The log layer's own filter: events, no spans (see the module's notes).
+pub fn events_only() -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool>
+{
+    tracing_subscriber::filter::filter_fn(|meta| !meta.is_span())
 }
 
 #[cfg(test)]
@@ -185,6 +205,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use opentelemetry::trace::TracerProvider as _;
+    use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 
     use super::JsonWithTraceIds;
@@ -216,7 +237,8 @@ mod tests {
                 tracing_subscriber::fmt::layer()
                     .event_format(format)
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(move || writer.clone()),
+                    .with_writer(move || writer.clone())
+                    .with_filter(super::events_only()),
             );
         let dispatch = tracing::Dispatch::new(subscriber);
         binder.bind(&dispatch);
@@ -240,5 +262,7 @@ mod tests {
         assert_eq!(parsed[1]["trace_id"], ids.trace_id().to_string());
         assert_eq!(parsed[1]["span_id"], ids.span_id().to_string());
         assert_eq!(parsed[1]["span"]["name"], "infer");
+        // The log layer sees no spans: it formats none of their fields, lists none.
+        assert!(parsed[1].get("spans").is_none(), "{}", parsed[1]);
     }
 }
