@@ -380,6 +380,15 @@ pub struct RuntimeConfig {
     /// holds unused beyond 4 MiB is given back to the system. Without it, resident memory
     /// creeps up under sustained load. 0 = never.
     pub heap_trim_ms: u64,
+    /// At most this many glibc malloc arenas (ONNX Runtime allocates there); 0 = glibc's
+    /// default of eight per core. Each thread that allocates may otherwise get an arena of its
+    /// own, whose freed memory only that arena can reuse. Set once, when the server starts.
+    pub malloc_arena_max: usize,
+    /// glibc malloc serves blocks of at least this many bytes with their own mappings, which
+    /// go back to the system when freed; 0 = glibc's sliding threshold, which rises to the size
+    /// of each such block freed and moves later ones into the arenas. Set once, when the
+    /// server starts.
+    pub malloc_mmap_threshold_bytes: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -391,6 +400,8 @@ impl Default for RuntimeConfig {
             queue_capacity: 1024,
             memory_budget_bytes: 0,
             heap_trim_ms: 10_000,
+            malloc_arena_max: 2,
+            malloc_mmap_threshold_bytes: 128 << 10,
         }
     }
 }

@@ -154,6 +154,11 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         );
     let mut config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
     config.telemetry.apply_otel_env(&env);
+    // Before any model loads: ONNX Runtime allocates through glibc's malloc.
+    let heap = crate::heap::tune_c_heap(
+        config.runtime.malloc_arena_max,
+        config.runtime.malloc_mmap_threshold_bytes,
+    );
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let traces = crate::telemetry::provider(&config.telemetry, &metrics.trace_spans)?;
     let tracer = traces
@@ -161,6 +166,9 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         .map(|p| opentelemetry::trace::TracerProvider::tracer(p, "infergate"));
     let log = Arc::new(crate::logging::init(&config.log, tracer));
     tracing::info!(config = ?config.redacted(), "effective configuration");
+    if let Err(e) = heap {
+        tracing::warn!(error = %e, "glibc malloc settings left as they were");
+    }
 
     let root = config.models.repository.clone();
     let location = registry_location(&config, &env);

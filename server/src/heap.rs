@@ -116,6 +116,43 @@ pub fn trim_c_heap(threshold: u64) -> bool {
     true
 }
 
+/// Fixes glibc malloc's arena count and mmap threshold (`runtime.malloc_arena_max`,
+/// `runtime.malloc_mmap_threshold_bytes`; 0 leaves glibc's own). Process-wide: the server calls
+/// it once, before any model loads. Says which setting glibc refused, if any.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_c_heap(arena_max: usize, mmap_threshold: u64) -> Result<(), String> {
+    let set = |param: libc::c_int, name: &str, value: u64| {
+        let value =
+            libc::c_int::try_from(value).map_err(|_| format!("{name} {value} is too large"))?;
+        #[allow(unsafe_code)]
+        // SAFETY: mallopt only changes the allocator's parameters (under its own lock).
+        let ok = unsafe { libc::mallopt(param, value) } == 1;
+        ok.then_some(())
+            .ok_or_else(|| format!("glibc refused {name} = {value}"))
+    };
+    if arena_max > 0 {
+        set(
+            libc::M_ARENA_MAX,
+            "runtime.malloc_arena_max",
+            arena_max as u64,
+        )?;
+    }
+    if mmap_threshold > 0 {
+        set(
+            libc::M_MMAP_THRESHOLD,
+            "runtime.malloc_mmap_threshold_bytes",
+            mmap_threshold,
+        )?;
+    }
+    Ok(())
+}
+
+/// Nothing to tune without glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_c_heap(_arena_max: usize, _mmap_threshold: u64) -> Result<(), String> {
+    Ok(())
+}
+
 /// Nothing to trim without glibc.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim_c_heap(_threshold: u64) -> bool {
@@ -189,5 +226,36 @@ mod tests {
         for p in blocks.iter().skip(1).step_by(2) {
             unsafe { libc::free(*p) };
         }
+    }
+
+    #[test]
+    #[allow(unsafe_code)]
+    fn a_fixed_mmap_threshold_keeps_large_blocks_out_of_the_arenas() {
+        if super::c_heap_bytes().is_none() {
+            return; // not glibc
+        }
+        super::tune_c_heap(2, 128 << 10).expect("glibc takes both settings");
+        // glibc's sliding threshold would rise to 8 MiB when the first block is freed and serve
+        // the second from an arena; fixed, each is a mapping of its own, counted in `hblkhd`.
+        const BLOCK: usize = 8 << 20;
+        // SAFETY: malloc and free of one block, twice; `mallinfo2` only reads statistics.
+        unsafe {
+            let first = libc::malloc(BLOCK);
+            assert!(!first.is_null());
+            libc::free(first);
+            let before = libc::mallinfo2().hblkhd;
+            let second = libc::malloc(BLOCK);
+            assert!(!second.is_null());
+            let during = libc::mallinfo2().hblkhd;
+            libc::free(second);
+            assert!(
+                during >= before + BLOCK,
+                "an 8 MiB block after a freed one is mapped on its own: {before} -> {during}"
+            );
+        }
+        assert!(
+            super::tune_c_heap(0, u64::MAX).is_err(),
+            "too large for mallopt"
+        );
     }
 }
