@@ -61,6 +61,9 @@ rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 echo "{\"rss_kb_before\": $(rss)}" > "$OUT/results/overload_rss_before.json"
 "$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
   --duration "$DURATION" --warmup "$WARMUP" --json --plot bench/overload_timeline.svg > "$OUT/results/overload.json"
+# Between the runs: the first one grows the server to its working set for 512 connections; the
+# second must not grow it further.
+echo "{\"rss_kb_between\": $(rss)}" > "$OUT/results/overload_rss_between.json"
 "$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
   --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/overload_again.json"
 echo "{\"rss_kb_after\": $(rss)}" > "$OUT/results/overload_rss_after.json"

@@ -96,15 +96,18 @@ for protocol in ("grpc", "http-binary"):
         ok = r["p50_ms"] <= 0.12 and r["p99_ms"] <= 0.3
         w(f"| mlp_small, c1, {protocol}: p50 ≤ 0.12 ms, p99 ≤ 0.3 ms | p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms | {verdict(ok)} |")
 over = runs("overload.json") + runs("overload_again.json")
-before, after = load("overload_rss_before.json"), load("overload_rss_after.json")
-if over and before and after:
+before, between, after = (load(f"overload_rss_{at}.json") for at in ("before", "between", "after"))
+if over and before and between and after:
     classes = set()
     for r in over:
         classes.update(r["errors_by_class"])
     only_503 = classes <= {"http 503"}
-    growth = after["rss_kb_after"] / max(before["rss_kb_before"], 1) - 1
+    # Flat: the second run leaves resident memory within 5% of where the first left it (the
+    # first grows the server to its working set for 512 connections).
+    growth = after["rss_kb_after"] / max(between["rss_kb_between"], 1) - 1
     p99s = ", ".join(f"{r['p99_ms']:.1f}" for r in over)
-    w(f"| overload, c512 vs queue bound 256: only successes or 503, memory flat | errors {sorted(classes) or 'none'}; p99 of successes {p99s} ms (two runs); RSS {before['rss_kb_before'] // 1024} → {after['rss_kb_after'] // 1024} MiB ({100 * growth:+.0f}%) | {verdict(only_503)} |")
+    mib = lambda kb: kb // 1024
+    w(f"| overload, c512 vs queue bound 256: only successes or 503, memory flat (second run within 5% of the first) | errors {sorted(classes) or 'none'}; p99 of successes {p99s} ms (two runs); RSS {mib(before['rss_kb_before'])} → {mib(between['rss_kb_between'])} (after run 1) → {mib(after['rss_kb_after'])} MiB (after run 2, {100 * growth:+.0f}%) | {verdict(only_503 and growth <= 0.05)} |")
 
 
 def overhead(protocol):
@@ -164,7 +167,7 @@ w("")
 
 w("## Overload\n")
 w("`mlp_small_overload` has a batch queue bound of 256 (`max_queue_size`); 512 HTTP binary connections in closed loop, twice, "
-  "server RSS read from /proc before and after. Successes' latency is bounded by the queue, the rest are 503 + Retry-After.\n")
+  "server RSS read from /proc before, between and after the runs. Successes' latency is bounded by the queue, the rest are 503 + Retry-After.\n")
 w("| run | req/s (successes) | errors | p50 ms | p99 ms | max ms |")
 w("|---|---:|---|---:|---:|---:|")
 for i, r in enumerate(over, 1):
