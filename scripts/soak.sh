@@ -84,11 +84,27 @@ proc() { # $1: /proc/PID field
     file) awk '/RssFile/ {print $2}' "/proc/$SERVER/status" ;;
     threads) awk '/Threads/ {print $2}' "/proc/$SERVER/status" ;;
     fds) ls "/proc/$SERVER/fd" | wc -l ;;
+    # Anonymous memory resident in mappings of 1 GiB or more: mimalloc's arenas (the Rust
+    # heap). glibc's arenas are at most 64 MiB each; the rest of anonymous memory is glibc's
+    # (ONNX Runtime) and the thread stacks.
+    mimalloc) python3 - "/proc/$SERVER/smaps" <<'PY'
+import sys
+total, big = 0, False
+for line in open(sys.argv[1]):
+    head = line.split()
+    if "-" in head[0] and len(head) >= 5:
+        lo, hi = (int(x, 16) for x in head[0].split("-"))
+        big = hi - lo >= 1 << 30 and head[4] == "0" and len(head) == 5
+    elif head[0] == "Anonymous:" and big:
+        total += int(head[1])
+print(total)
+PY
+    ;;
   esac
 }
 
 mkdir -p "$OUT/segments"
-echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb,rss_anon_kb,rss_file_kb,heap_trims" >"$OUT/soak.csv"
+echo "elapsed_s,rss_kb,fds,threads,requests,errors,p99_ms_json,p99_ms_grpc,p99_ms_binary,cache_hits,cache_misses,swaps,heap_rust_live_kb,heap_c_allocated_kb,heap_c_held_kb,rss_anon_kb,rss_file_kb,heap_trims,rss_anon_mimalloc_kb" >"$OUT/soak.csv"
 START=$(date +%s)
 SEG=0
 while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
@@ -107,9 +123,9 @@ while [ $(($(date +%s) - START)) -lt "$DURATION" ]; do
   python3 - "$OUT/segments" "$SEG" "$(($(date +%s) - START))" "$(proc rss)" "$(proc fds)" "$(proc threads)" \
     "$(curl -sf "http://$HTTP/v2/models/simple/stats")" "$(grep -c 'default version swapped' "$OUT/server.log" || true)" \
     "$(curl -sf -H "Authorization: Bearer $TOKEN" "http://$ADMIN/metrics" | grep '^infergate_heap_' || true)" \
-    "$(proc anon)" "$(proc file)" >>"$OUT/soak.csv" <<'PY'
+    "$(proc anon)" "$(proc file)" "$(proc mimalloc)" >>"$OUT/soak.csv" <<'PY'
 import json, sys
-segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines, anon, file = sys.argv[1:12]
+segments, seg, elapsed, rss, fds, threads, stats, swaps, heap_lines, anon, file, mimalloc = sys.argv[1:13]
 heap = {}
 trims = ""
 for line in heap_lines.splitlines():
@@ -128,7 +144,7 @@ errors = sum(r["errors"] for r in runs.values())
 print(",".join(map(str, [elapsed, rss, fds, threads, requests, errors,
     *(f"{runs[l]['p99_ms']:.3f}" for l in ("json", "grpc", "binary")),
     cache["cache_hit"]["count"], cache["cache_miss"]["count"], swaps,
-    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held")), anon, file, trims])))
+    *(heap.get(k, "") for k in ("rust_live", "c_allocated", "c_held")), anon, file, trims, mimalloc])))
 PY
   tail -1 "$OUT/soak.csv"
 done

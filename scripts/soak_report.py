@@ -70,10 +70,15 @@ def main():
     requests = int(sum(num("requests")))
     growth = trend_growth(t[warm:], rss[warm:]) * 100
     # Resident memory's two parts (recorded since the columns were added): anonymous (heaps,
-    # stacks) and file-backed (mapped code such as ONNX Runtime's library, paged in on use).
+    # stacks) and file-backed (mapped code such as ONNX Runtime's library, paged in on use);
+    # and the part of anonymous memory in mimalloc's arenas (the Rust heap).
     parts = [
         (name, num(key))
-        for name, key in (("anonymous", "rss_anon_kb"), ("file-backed", "rss_file_kb"))
+        for name, key in (
+            ("anonymous", "rss_anon_kb"),
+            ("file-backed", "rss_file_kb"),
+            ("mimalloc arenas (Rust heap, part of anonymous)", "rss_anon_mimalloc_kb"),
+        )
         if rows[0].get(key)
     ]
     p99 = {c: num(f"p99_ms_{c}") for c in CLIENTS}
@@ -94,7 +99,7 @@ def main():
     ]
 
     svg = ['<svg xmlns="http://www.w3.org/2000/svg" width="760" height="560" font-family="sans-serif">']
-    colors = {"anonymous": "#a6761d", "file-backed": "#666666"}
+    colors = {"anonymous": "#a6761d", "file-backed": "#666666", "mimalloc arenas (Rust heap, part of anonymous)": "#e6ab02"}
     svg += panel(
         "resident memory (kB)",
         t,
