@@ -109,14 +109,14 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
-        let dispatch = self.dispatch.get().and_then(|d| d.upgrade());
-        let current = dispatch.as_ref().map(|d| (d, d.current_span()));
-        let Some((dispatch, Some(id), Some(meta))) =
-            current.map(|(d, c)| (d, c.id().cloned(), c.metadata()))
-        else {
+        let Some(dispatch) = self.dispatch.get().and_then(|d| d.upgrade()) else {
             return self.format.format_event(ctx, writer, event);
         };
-        let ids = tracing_opentelemetry::get_otel_context(&id, dispatch)
+        let current = dispatch.current_span();
+        let (Some(id), Some(meta)) = (current.id(), current.metadata()) else {
+            return self.format.format_event(ctx, writer, event);
+        };
+        let ids = tracing_opentelemetry::get_otel_context(id, &dispatch)
             .map(|context| context.span().span_context().clone())
             .filter(opentelemetry::trace::SpanContext::is_valid);
         let mut line = String::new();

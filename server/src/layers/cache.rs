@@ -128,8 +128,10 @@ impl ResponseCache {
         let cache = self.cache.clone();
         let flight = async move {
             let entry = Arc::new(computation.await.map_err(Arc::new)?);
-            // Cached before the flight leaves the map: a caller arriving now finds one or the
-            // other.
+            // Cached before the flight leaves the map, so a caller that misses the cache from
+            // here on still finds the flight. One that missed just before this insert and
+            // reaches the map after the removal computes again: a rare second run, never a
+            // wrong answer (hits compare the stored request).
             cache.insert(key, Arc::clone(&entry)).await;
             drop(landing);
             Ok(entry)

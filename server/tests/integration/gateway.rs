@@ -57,14 +57,24 @@ fn request(rows: usize, value: f32) -> InferRequest {
     req
 }
 
-async fn call(gateway: &Gateway, req: InferRequest) -> Result<Vec<f32>, ServeError> {
-    let resp = gateway
+async fn respond(gateway: &Gateway, req: InferRequest) -> Result<InferResponse, ServeError> {
+    gateway
         .stack
         .clone()
         .oneshot(req)
         .await
-        .map_err(ServeError::from)?;
+        .map_err(ServeError::from)
+}
+
+async fn call(gateway: &Gateway, req: InferRequest) -> Result<Vec<f32>, ServeError> {
+    let resp = respond(gateway, req).await?;
     Ok(resp.outputs[0].tensor.to_vec::<f32>().unwrap())
+}
+
+/// Whether the response cache answered.
+fn cache_hit(resp: &InferResponse) -> bool {
+    resp.parameters
+        .contains(&("cache_hit".to_string(), ParamValue::Bool(true)))
 }
 
 async fn wait_for(factory: &FakeFactory, executions: usize) {
@@ -283,13 +293,9 @@ async fn identical_requests_in_flight_run_once_and_repeats_hit_the_cache() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let g = Arc::clone(&gateway);
-        tasks.push(tokio::spawn(async move {
-            g.stack
-                .clone()
-                .oneshot(request(1, 4.0))
-                .await
-                .map_err(ServeError::from)
-        }));
+        tasks.push(tokio::spawn(
+            async move { respond(&g, request(1, 4.0)).await },
+        ));
     }
     let mut hits = 0;
     for t in tasks {
@@ -298,10 +304,7 @@ async fn identical_requests_in_flight_run_once_and_repeats_hit_the_cache() {
             resp.outputs[0].tensor.to_vec::<f32>().unwrap(),
             vec![4.0, 4.0]
         );
-        hits += usize::from(
-            resp.parameters
-                .contains(&("cache_hit".to_string(), ParamValue::Bool(true))),
-        );
+        hits += usize::from(cache_hit(&resp));
     }
     assert_eq!(
         factory.executions.load(Ordering::SeqCst),
@@ -309,18 +312,8 @@ async fn identical_requests_in_flight_run_once_and_repeats_hit_the_cache() {
         "single flight"
     );
     assert_eq!(hits, 7);
-    let again = gateway
-        .stack
-        .clone()
-        .oneshot(request(1, 4.0))
-        .await
-        .map_err(ServeError::from)
-        .unwrap();
-    assert!(
-        again
-            .parameters
-            .contains(&("cache_hit".to_string(), ParamValue::Bool(true)))
-    );
+    let again = respond(&gateway, request(1, 4.0)).await.unwrap();
+    assert!(cache_hit(&again));
     assert_eq!(
         call(&gateway, request(1, 5.0)).await.unwrap(),
         vec![5.0, 5.0],
@@ -349,17 +342,7 @@ async fn a_shared_computation_outlives_its_starter_and_ends_with_its_last_caller
     let cache = version.cache.as_ref().unwrap();
     let spawn = |value: f32| {
         let g = Arc::clone(&gateway);
-        tokio::spawn(async move {
-            g.stack
-                .clone()
-                .oneshot(request(1, value))
-                .await
-                .map_err(ServeError::from)
-        })
-    };
-    let hit = |resp: &InferResponse| {
-        resp.parameters
-            .contains(&("cache_hit".to_string(), ParamValue::Bool(true)))
+        tokio::spawn(async move { respond(&g, request(1, value)).await })
     };
 
     // The caller that started the computation goes away; the one that joined it still gets
@@ -375,11 +358,11 @@ async fn a_shared_computation_outlives_its_starter_and_ends_with_its_last_caller
         resp.outputs[0].tensor.to_vec::<f32>().unwrap(),
         vec![3.0, 3.0]
     );
-    assert!(hit(&resp), "the joiner shared the computation");
+    assert!(cache_hit(&resp), "the joiner shared the computation");
     assert_eq!(factory.executions.load(Ordering::SeqCst), 1);
     assert_eq!(cache.flights(), 0);
     assert!(
-        hit(&call_response(&gateway, request(1, 3.0)).await),
+        cache_hit(&respond(&gateway, request(1, 3.0)).await.unwrap()),
         "cached"
     );
 
@@ -391,23 +374,13 @@ async fn a_shared_computation_outlives_its_starter_and_ends_with_its_last_caller
     lone.abort();
     assert!(lone.await.unwrap_err().is_cancelled());
     assert_eq!(cache.flights(), 0, "the abandoned flight removed itself");
-    let again = call_response(&gateway, request(1, 6.0)).await;
+    let again = respond(&gateway, request(1, 6.0)).await.unwrap();
     assert_eq!(
         again.outputs[0].tensor.to_vec::<f32>().unwrap(),
         vec![6.0, 6.0]
     );
-    assert!(!hit(&again), "computed afresh");
+    assert!(!cache_hit(&again), "computed afresh");
     assert_eq!(cache.flights(), 0);
-}
-
-async fn call_response(gateway: &Arc<Gateway>, req: InferRequest) -> InferResponse {
-    gateway
-        .stack
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(ServeError::from)
-        .unwrap()
 }
 
 mod properties {
