@@ -177,6 +177,10 @@ pub struct ServerConfig {
     /// Most elements in one input tensor. More: 413 / RESOURCE_EXHAUSTED, before the model
     /// sees it.
     pub max_tensor_elements: usize,
+    /// HTTP responses smaller than this many bytes are sent uncompressed even when the client
+    /// accepts gzip or deflate: they fit in one TCP segment either way, and compressing them
+    /// costs more CPU than the inference of a small model.
+    pub compress_min_bytes: u16,
 }
 
 impl Default for ServerConfig {
@@ -193,6 +197,7 @@ impl Default for ServerConfig {
             max_concurrent_streams: 1024,
             max_header_bytes: 64 * 1024,
             max_tensor_elements: 1 << 26,
+            compress_min_bytes: 1024,
         }
     }
 }

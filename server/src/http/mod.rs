@@ -76,7 +76,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(
             tower_http::compression::CompressionLayer::new()
                 .gzip(true)
-                .deflate(true),
+                .deflate(true)
+                .compress_when(compress_when(gateway.config.server.compress_min_bytes)),
         );
     // Tokens on the public port are optional; without them the check is not installed at all.
     let router = if gateway.config.security.require_infer_token {
@@ -88,6 +89,18 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         router
     };
     router.with_state(gateway)
+}
+
+/// tower-http's default choice of what to compress (not gRPC, images or event streams), with
+/// the size floor from `server.compress_min_bytes` instead of its 32 bytes: a small JSON
+/// answer gains nothing on the wire and its gzip costs the server more than a small model's
+/// inference.
+fn compress_when(min_bytes: u16) -> impl tower_http::compression::Predicate {
+    use tower_http::compression::predicate::{NotForContentType, Predicate as _, SizeAbove};
+    SizeAbove::new(min_bytes)
+        .and(NotForContentType::GRPC)
+        .and(NotForContentType::IMAGES)
+        .and(NotForContentType::SSE)
 }
 
 /// `{"error": message}` with the class's status (and Retry-After when overloaded).

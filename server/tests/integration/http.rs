@@ -315,12 +315,39 @@ async fn gzip_and_deflate_request_bodies() {
         let resp: Value = r.json().await.unwrap();
         assert_eq!(f32s(&resp["outputs"][0]["data"]), expected, "{encoding}");
     }
-    // Responses are compressed when the client asks for it.
+    // A small answer goes out plain even when the client accepts gzip (server.compress_min_bytes,
+    // 1024 by default): the 3-row answer is about 200 bytes.
     let r = s
         .http
         .post(s.url("/v2/models/iris_mlp/infer"))
         .header("Accept-Encoding", "gzip")
         .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-encoding").is_none());
+    let plain = r.bytes().await.unwrap();
+    assert!(plain.len() < 1024, "{} bytes", plain.len());
+    let resp: Value = serde_json::from_slice(&plain).unwrap();
+    assert_eq!(f32s(&resp["outputs"][0]["data"]), expected);
+    // A large one is compressed when the client asks for it: 60 rows, about 2.5 KB of JSON.
+    let rows: Vec<f32> = flat_rows().repeat(20);
+    let expected = direct_ort_f32(
+        &repo_dir().join("iris_mlp/2/model.onnx"),
+        "input",
+        &[60, 4],
+        &rows,
+    );
+    let large = serde_json::to_vec(
+        &json!({"inputs": [{"name": "input", "shape": [60, 4], "datatype": "FP32", "data": rows}]}),
+    )
+    .unwrap();
+    let r = s
+        .http
+        .post(s.url("/v2/models/iris_mlp/infer"))
+        .header("Accept-Encoding", "gzip")
+        .body(large)
         .send()
         .await
         .unwrap();
@@ -332,6 +359,7 @@ async fn gzip_and_deflate_request_bodies() {
         &mut inflated,
     )
     .unwrap();
+    assert!(inflated.len() >= 1024, "{} bytes", inflated.len());
     let resp: Value = serde_json::from_slice(&inflated).unwrap();
     assert_eq!(f32s(&resp["outputs"][0]["data"]), expected);
     s.stop().await;
