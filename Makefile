@@ -34,7 +34,7 @@ K8S_VERSION   := 1.33
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -136,6 +136,11 @@ bench-overhead: ort venv ## only make bench's observability overhead section (tr
 	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins
 	$(VENV_PY) models/recipes/make_models.py --bench .bench/models
 	./scripts/bench_overhead.sh
+
+bench-crosscheck: ort venv ## only make bench's cross-check of infergate-loadtest against oha (and wrk); prints the medians
+	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins
+	$(VENV_PY) models/recipes/make_models.py --bench .bench/models
+	VENV_PY=$(VENV_PY) ./scripts/bench_crosscheck.sh
 
 swap-check: ort ## hot swap under load: 100 alias moves at concurrency 32, then 200 unload/load cycles -> docs/hot-swap.md
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-loadtest

@@ -6,6 +6,7 @@
 #   3. the cache hit path (mlp_small_cache, one distinct request)
 #   4. overload: concurrency 512 against a batch queue bound of 256 (mlp_small_overload)
 #   5. cross-check with oha (and wrk, when installed): server pinned to core 0, each client to core 1
+#      (scripts/bench_crosscheck.sh)
 #   6. observability overhead: tracing at 100% (OTLP/HTTP to a loopback sink) and per-request
 #      metrics on, against both off
 set -euo pipefail
@@ -70,30 +71,7 @@ echo "{\"rss_kb_after\": $(rss)}" > "$OUT/results/overload_rss_after.json"
 curl -s "http://$ADMIN/metrics" | grep -E '^infergate_rejected_requests_total' > "$OUT/results/overload_rejections.txt" || true
 stop_server
 
-OHA=${OHA:-.tools/bin/oha}
-if [ -x "$OHA" ] && command -v taskset >/dev/null; then
-  echo "== cross-check with oha (HTTP JSON, same body; server on core 0, client on core 1)"
-  "$VENV_PY" -c 'import json,random; random.seed(1); print(json.dumps({"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","data":[round(random.uniform(-1,1),4) for _ in range(784)]}]}))' > "$OUT/body.json"
-  "$VENV_PY" -c 'import sys; body = open(sys.argv[1]).read().strip(); print("wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = [[" + body + "]]")' \
-    "$OUT/body.json" > "$OUT/post.lua"
-  start_server pinned taskset -c 0
-  # Alternate the tools three times each: single runs on a shared machine vary by 10-20%.
-  for c in 8 32; do
-    for i in 1 2 3; do
-      taskset -c 1 "$OHA" -z "$DURATION" -c "$c" -m POST -T application/json -D "$OUT/body.json" --no-tui \
-        --output-format json "http://$HTTP/v2/models/mlp_large/infer" > "$OUT/results/oha_c${c}_$i.json"
-      taskset -c 1 "$LOADTEST" --threads 1 --url "http://$HTTP" --model mlp_large --input-file "$OUT/body.json" \
-        --concurrency "$c" --duration "$DURATION" --warmup 0s --json > "$OUT/results/loadtest_c${c}_$i.json"
-      if command -v wrk >/dev/null; then
-        taskset -c 1 wrk -t1 -c"$c" -d"$DURATION" --latency -s "$OUT/post.lua" "http://$HTTP/v2/models/mlp_large/infer" \
-          > "$OUT/results/wrk_c${c}_$i.txt"
-      fi
-    done
-  done
-  stop_server
-else
-  echo "== oha or taskset missing: skipping the cross-check (make bench-tools installs oha)"
-fi
+scripts/bench_crosscheck.sh
 scripts/bench_overhead.sh
 
 trap - EXIT

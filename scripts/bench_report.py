@@ -68,6 +68,25 @@ for model in ("mlp_small", "mlp_large"):
             w(f"| {model} | {batch} | {c['calls_per_s']:.0f} | {c['rows_per_s']:.0f} | {c['p50_ms']:.3f} | {c['p99_ms']:.3f} |")
 w("")
 
+# The oha cross-check (the load-generator issue): medians of three alternating runs per tool.
+rows = []
+for c in (8, 32):
+    ohas = [d for d in (load(f"oha_c{c}_{i}.json") for i in (1, 2, 3)) if d]
+    lts = [d for d in (load(f"loadtest_c{c}_{i}.json") for i in (1, 2, 3)) if d]
+    if ohas and lts:
+        pct = [d.get("latencyPercentiles", {}) for d in ohas]
+        rows.append((
+            c,
+            median([d["summary"]["requestsPerSec"] for d in ohas]),
+            median([d["throughput"] for d in lts]),
+            median([p.get("p50", 0) * 1000 for p in pct]),
+            median([d["p50_ms"] for d in lts]),
+            median([p.get("p99", 0) * 1000 for p in pct]),
+            median([d["p99_ms"] for d in lts]),
+            [round(d["summary"]["requestsPerSec"]) for d in ohas],
+            [round(d["throughput"]) for d in lts],
+        ))
+
 # Targets of the gateway-stack issue, checked against this run.
 w("## Targets (2 cores, load generator included)\n")
 w("| target | measured | verdict |")
@@ -124,6 +143,9 @@ for protocol in ("http-json", "grpc"):
     if per["off"] and per["on"]:
         ratio = median(per["on"]) / median(per["off"])
         w(f"| tracing at 100% + metrics on vs both off, mlp_small c32 {protocol}: drop ≤ 10% | {ratio:.2f} × ({100 * (ratio - 1):+.1f}%) | {verdict(ratio >= 0.9)} |")
+for c, orps, lrps, op50, lp50, op99, lp99, _, _ in rows:
+    deltas = [(lrps - orps) / orps, (lp50 - op50) / op50, (lp99 - op99) / op99]
+    w(f"| infergate-loadtest vs oha, mlp_large http-json c{c}: req/s, p50 and p99 within 15% | {100 * deltas[0]:+.1f}% req/s, {100 * deltas[1]:+.1f}% p50, {100 * deltas[2]:+.1f}% p99 | {verdict(all(abs(d) <= 0.15 for d in deltas))} |")
 w("")
 
 
@@ -197,29 +219,14 @@ def wrk_run(path):
     return (rps, p50) if rps else None
 
 
-rows = []
-for c in (8, 32):
-    ohas = [d for d in (load(f"oha_c{c}_{i}.json") for i in (1, 2, 3)) if d]
-    lts = [d for d in (load(f"loadtest_c{c}_{i}.json") for i in (1, 2, 3)) if d]
-    if ohas and lts:
-        pct = [d.get("latencyPercentiles", {}) for d in ohas]
-        rows.append((
-            c,
-            median([d["summary"]["requestsPerSec"] for d in ohas]),
-            median([d["throughput"] for d in lts]),
-            median([p.get("p50", 0) * 1000 for p in pct]),
-            median([d["p50_ms"] for d in lts]),
-            median([p.get("p99", 0) * 1000 for p in pct]),
-            median([d["p99_ms"] for d in lts]),
-            [round(d["summary"]["requestsPerSec"]) for d in ohas],
-            [round(d["throughput"]) for d in lts],
-        ))
 if rows:
     w("Same server (pinned to core 0 with `taskset -c 0`), model `mlp_large`, HTTP JSON, the same request body, closed loop; "
       f"each client pinned to core 1 and run one after the other: `oha -z {duration} -c C -m POST -T application/json -D body.json --no-tui --output-format json URL` "
       f"and `infergate-loadtest --threads 1 --input-file body.json --concurrency C --duration {duration}`, alternating three times; "
       "medians below, every run's req/s in the last columns. Pinning keeps the two clients' different CPU costs "
-      "from changing what the server gets (neither client uses more than about 20% of its core here).\n")
+      "from changing what the server gets (neither client uses more than about 20% of its core here). "
+      "oha asks for compressed answers (`Accept-Encoding: gzip, compress, deflate, br`) and the others do not; "
+      "these answers are about 350 bytes, under the server's `server.compress_min_bytes` (1 KiB), so every tool gets the same plain answer.\n")
     w("| concurrency | oha req/s | loadtest req/s | Δ req/s | oha p50 ms | loadtest p50 ms | Δ p50 | oha p99 ms | loadtest p99 ms | oha runs | loadtest runs |")
     w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
     for c, orps, lrps, op50, lp50, op99, lp99, oruns, lruns in rows:
