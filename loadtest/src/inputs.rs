@@ -279,23 +279,25 @@ fn build(
                 header_len: Some(header_len),
             }
         }
-        Protocol::Grpc => Request::Grpc(pb::ModelInferRequest {
-            model_name: args.model.clone(),
-            model_version: args.version.clone().unwrap_or_default(),
-            inputs: specs
-                .iter()
-                .map(|s| pb::model_infer_request::InferInputTensor {
-                    name: s.name.clone(),
-                    datatype: s.datatype.clone(),
-                    shape: s.shape.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            raw_input_contents: tensors
-                .into_iter()
-                .map(|(raw, _)| Bytes::from(raw))
-                .collect(),
-            ..Default::default()
-        }),
+        Protocol::Grpc => Request::Grpc(Bytes::from(prost::Message::encode_to_vec(
+            &pb::ModelInferRequest {
+                model_name: args.model.clone(),
+                model_version: args.version.clone().unwrap_or_default(),
+                inputs: specs
+                    .iter()
+                    .map(|s| pb::model_infer_request::InferInputTensor {
+                        name: s.name.clone(),
+                        datatype: s.datatype.clone(),
+                        shape: s.shape.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                raw_input_contents: tensors
+                    .into_iter()
+                    .map(|(raw, _)| Bytes::from(raw))
+                    .collect(),
+                ..Default::default()
+            },
+        ))),
     })
 }

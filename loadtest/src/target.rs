@@ -1,5 +1,7 @@
 //! Where requests go and how: one HTTP/1.1 connection per in-flight request (reused), or a
-//! gRPC channel; requests are serialized once and only cloned (`Bytes`) per send.
+//! gRPC channel; requests are serialized once and only cloned (`Bytes`) per send. On gRPC the
+//! encoded `ModelInferRequest` goes out as it is and the answer is not decoded (tonic still
+//! checks the status), so the generator spends no protobuf work per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +11,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use infergate_proto::inference as pb;
 use infergate_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use crate::Protocol;
@@ -32,7 +34,8 @@ pub enum Request {
         /// `Inference-Header-Content-Length` for binary bodies.
         header_len: Option<usize>,
     },
-    Grpc(pb::ModelInferRequest),
+    /// An encoded `ModelInferRequest`.
+    Grpc(Bytes),
 }
 
 /// The result of one request: success, or the error class it is counted under.
@@ -69,11 +72,7 @@ impl Target {
                     .connect()
                     .await
                     .with_context(|| format!("cannot connect to grpc://{}", self.authority))?;
-                Ok(Conn::Grpc(
-                    GrpcInferenceServiceClient::new(channel)
-                        .max_decoding_message_size(usize::MAX)
-                        .max_encoding_message_size(usize::MAX),
-                ))
+                Ok(Conn::Grpc(Box::new(GrpcConn::new(channel))))
             }
             _ => Ok(Conn::Http(
                 HttpConn::open(&self.authority).await?,
@@ -102,10 +101,87 @@ impl HttpConn {
     }
 }
 
+/// A gRPC channel: the generated client for metadata and statistics, and a raw one for
+/// `ModelInfer` that sends pre-encoded requests.
+#[derive(Clone)]
+pub struct GrpcConn {
+    client: GrpcInferenceServiceClient<Channel>,
+    raw: tonic::client::Grpc<Channel>,
+}
+
+impl GrpcConn {
+    fn new(channel: Channel) -> Self {
+        Self {
+            client: GrpcInferenceServiceClient::new(channel.clone())
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+            raw: tonic::client::Grpc::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        }
+    }
+
+    /// One `ModelInfer` call with an encoded request; the answer's size in bytes.
+    async fn model_infer(&mut self, request: Bytes) -> Result<usize, tonic::Status> {
+        self.raw
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let path =
+            http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
+        let response = self
+            .raw
+            .unary(tonic::Request::new(request), path, RawCodec)
+            .await?;
+        Ok(response.into_inner())
+    }
+}
+
+/// Messages as they are on the wire: an encoded message goes out unchanged, an answer is
+/// skipped and counted in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = usize;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = usize;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<usize>, tonic::Status> {
+        let len = bytes::Buf::remaining(src);
+        bytes::Buf::advance(src, len);
+        Ok(Some(len))
+    }
+}
+
 /// A live connection to the target.
 pub enum Conn {
     Http(HttpConn, String),
-    Grpc(GrpcInferenceServiceClient<Channel>),
+    Grpc(Box<GrpcConn>),
 }
 
 impl Conn {
@@ -162,11 +238,14 @@ impl Conn {
                     Err(format!("http {}", status.as_u16()))
                 }
             }
-            (Conn::Grpc(client), Request::Grpc(req)) => client
-                .model_infer(req.clone())
-                .await
-                .map(|_| ())
-                .map_err(|status| format!("grpc {:?}", status.code())),
+            (Conn::Grpc(conn), Request::Grpc(req)) => {
+                match conn.model_infer(req.clone()).await {
+                    // A served request always has outputs.
+                    Ok(0) => Err("grpc empty answer".into()),
+                    Ok(_) => Ok(()),
+                    Err(status) => Err(format!("grpc {:?}", status.code())),
+                }
+            }
             _ => Err("protocol mismatch".into()),
         }
     }
@@ -188,7 +267,7 @@ impl Conn {
     /// The gRPC client, for metadata and statistics calls.
     pub fn grpc(&mut self) -> Option<&mut GrpcInferenceServiceClient<Channel>> {
         match self {
-            Conn::Grpc(c) => Some(c),
+            Conn::Grpc(c) => Some(&mut c.client),
             Conn::Http(..) => None,
         }
     }

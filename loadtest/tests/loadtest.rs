@@ -260,7 +260,21 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for GrpcFake {
         if self.count.fetch_add(1, Ordering::SeqCst).is_multiple_of(4) {
             return Err(tonic::Status::unavailable("busy"));
         }
-        Ok(tonic::Response::new(pb::ModelInferResponse::default()))
+        assert_eq!(
+            (r.model_name.as_str(), r.inputs[0].shape.as_slice()),
+            ("m", &[3, 16][..])
+        );
+        Ok(tonic::Response::new(pb::ModelInferResponse {
+            model_name: r.model_name,
+            outputs: vec![pb::model_infer_response::InferOutputTensor {
+                name: "y".into(),
+                datatype: "INT32".into(),
+                shape: vec![3, 1],
+                ..Default::default()
+            }],
+            raw_output_contents: vec![vec![0; 12].into()],
+            ..Default::default()
+        }))
     }
 }
 
