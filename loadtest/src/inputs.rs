@@ -279,7 +279,7 @@ fn build(
                 header_len: Some(header_len),
             }
         }
-        Protocol::Grpc => Request::Grpc(Bytes::from(prost::Message::encode_to_vec(
+        Protocol::Grpc => Request::Grpc(crate::target::grpc_frame(&prost::Message::encode_to_vec(
             &pb::ModelInferRequest {
                 model_name: args.model.clone(),
                 model_version: args.version.clone().unwrap_or_default(),

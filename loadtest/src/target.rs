@@ -1,7 +1,7 @@
 //! Where requests go and how: one HTTP/1.1 connection per in-flight request (reused), or a
-//! gRPC channel; requests are serialized once and only cloned (`Bytes`) per send. On gRPC the
-//! encoded `ModelInferRequest` goes out as it is and the answer is not decoded (tonic still
-//! checks the status), so the generator spends no protobuf work per request.
+//! gRPC connection; requests are serialized once and only cloned (`Bytes`) per send. On gRPC
+//! the framed `ModelInferRequest` goes out as it is and only the answer's status is read, so
+//! the generator spends no protobuf work per request.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +12,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use infergate_proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 use crate::Protocol;
@@ -34,7 +33,7 @@ pub enum Request {
         /// `Inference-Header-Content-Length` for binary bodies.
         header_len: Option<usize>,
     },
-    /// An encoded `ModelInferRequest`.
+    /// An encoded `ModelInferRequest`, framed for gRPC ([`grpc_frame`]).
     Grpc(Bytes),
 }
 
@@ -66,14 +65,7 @@ impl Target {
     /// Opens one connection (HTTP) or channel (gRPC).
     pub async fn connect(&self) -> anyhow::Result<Conn> {
         match self.protocol {
-            Protocol::Grpc => {
-                let channel = Channel::from_shared(format!("http://{}", self.authority))?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .with_context(|| format!("cannot connect to grpc://{}", self.authority))?;
-                Ok(Conn::Grpc(Box::new(GrpcConn::new(channel))))
-            }
+            Protocol::Grpc => Ok(Conn::Grpc(Box::new(GrpcConn::open(&self.authority).await?))),
             _ => Ok(Conn::Http(
                 HttpConn::open(&self.authority).await?,
                 self.authority.clone(),
@@ -101,81 +93,105 @@ impl HttpConn {
     }
 }
 
-/// A gRPC channel: the generated client for metadata and statistics, and a raw one for
-/// `ModelInfer` that sends pre-encoded requests.
+/// A gRPC connection: the generated tonic client for metadata and statistics, and a plain
+/// HTTP/2 connection (the `h2` crate) for `ModelInfer`. Each call queues its HEADERS and the
+/// pre-framed request as one DATA frame that ends the stream before the connection writes, so
+/// a request is one write and one segment (tonic's client writes HEADERS, DATA and an empty
+/// frame ending the stream apart); the answer is read to its trailers and only its
+/// `grpc-status` is looked at.
 #[derive(Clone)]
 pub struct GrpcConn {
     client: GrpcInferenceServiceClient<Channel>,
-    raw: tonic::client::Grpc<Channel>,
+    sender: h2::client::SendRequest<Bytes>,
+    uri: http::Uri,
+    authority: String,
+}
+
+/// A new HTTP/2 connection, driven by a task of its own.
+async fn h2_connect(authority: &str) -> anyhow::Result<h2::client::SendRequest<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot connect to grpc://{authority}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = h2::client::handshake(stream).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
 }
 
 impl GrpcConn {
-    fn new(channel: Channel) -> Self {
-        Self {
-            client: GrpcInferenceServiceClient::new(channel.clone())
+    async fn open(authority: &str) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(format!("http://{authority}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to grpc://{authority}"))?;
+        Ok(Self {
+            client: GrpcInferenceServiceClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
-            raw: tonic::client::Grpc::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
+            sender: h2_connect(authority).await?,
+            authority: authority.to_string(),
+            uri: format!("http://{authority}/inference.GRPCInferenceService/ModelInfer").parse()?,
+        })
+    }
+
+    /// One `ModelInfer` call with a framed request (`grpc_frame`).
+    async fn model_infer(&mut self, frame: Bytes) -> Outcome {
+        let request = http::Request::post(self.uri.clone())
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers")
+            .body(())
+            .map_err(|e| format!("request: {e}"))?;
+        let lost = |_| "connection".to_string();
+        let mut sender = match self.sender.clone().ready().await {
+            Ok(sender) => sender,
+            Err(_) => {
+                // The connection is gone (closed, GOAWAY): this request counts as lost, the
+                // next goes out on a new one.
+                self.sender = h2_connect(&self.authority)
+                    .await
+                    .map_err(|_| "connect".to_string())?;
+                return Err("connection".into());
+            }
+        };
+        let (response, mut stream) = sender.send_request(request, false).map_err(lost)?;
+        stream.send_data(frame, true).map_err(lost)?;
+        let (parts, mut body) = response.await.map_err(lost)?.into_parts();
+        if parts.status != http::StatusCode::OK {
+            return Err(format!("http {}", parts.status.as_u16()));
+        }
+        let mut received = 0;
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(lost)?;
+            received += chunk.len();
+            let _ = body.flow_control().release_capacity(chunk.len());
+        }
+        let trailers = body.trailers().await.map_err(lost)?;
+        // A trailers-only answer (an error) carries the status in its headers.
+        let status = parts
+            .headers
+            .get("grpc-status")
+            .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
+            .map(|v| tonic::Code::from_bytes(v.as_bytes()));
+        match status {
+            Some(tonic::Code::Ok) if received > 5 => Ok(()),
+            // A served request always has outputs.
+            Some(tonic::Code::Ok) => Err("grpc empty answer".into()),
+            Some(code) => Err(format!("grpc {code:?}")),
+            None => Err("grpc no status".into()),
         }
     }
-
-    /// One `ModelInfer` call with an encoded request; the answer's size in bytes.
-    async fn model_infer(&mut self, request: Bytes) -> Result<usize, tonic::Status> {
-        self.raw
-            .ready()
-            .await
-            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-        let path =
-            http::uri::PathAndQuery::from_static("/inference.GRPCInferenceService/ModelInfer");
-        let response = self
-            .raw
-            .unary(tonic::Request::new(request), path, RawCodec)
-            .await?;
-        Ok(response.into_inner())
-    }
 }
 
-/// Messages as they are on the wire: an encoded message goes out unchanged, an answer is
-/// skipped and counted in bytes.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = usize;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        bytes::BufMut::put_slice(dst, &item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = usize;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<usize>, tonic::Status> {
-        let len = bytes::Buf::remaining(src);
-        bytes::Buf::advance(src, len);
-        Ok(Some(len))
-    }
+/// A gRPC message as it goes on the wire: uncompressed flag, 4-byte big-endian length, message.
+pub fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    Bytes::from(frame)
 }
 
 /// A live connection to the target.
@@ -238,14 +254,7 @@ impl Conn {
                     Err(format!("http {}", status.as_u16()))
                 }
             }
-            (Conn::Grpc(conn), Request::Grpc(req)) => {
-                match conn.model_infer(req.clone()).await {
-                    // A served request always has outputs.
-                    Ok(0) => Err("grpc empty answer".into()),
-                    Ok(_) => Ok(()),
-                    Err(status) => Err(format!("grpc {:?}", status.code())),
-                }
-            }
+            (Conn::Grpc(conn), Request::Grpc(frame)) => conn.model_infer(frame.clone()).await,
             _ => Err("protocol mismatch".into()),
         }
     }
