@@ -19,6 +19,9 @@ CEILING_SECONDS=${BENCH_CEILING_SECONDS:-5}
 SWEEP=${BENCH_SWEEP:-1,8,32,128}
 VENV_PY=${VENV_PY:-.venv/bin/python}
 LOADTEST=target/release/infergate-loadtest
+# One client runtime thread: on 2 cores shared with the server, a second one costs more in
+# cross-thread wake-ups than it adds (gRPC at concurrency 1: 107 against 76 us of client CPU per request).
+CLIENT_THREADS=${BENCH_CLIENT_THREADS:-1}
 rm -rf "$OUT/results" && mkdir -p "$OUT/results" bench
 
 echo "== build (release)"
@@ -45,27 +48,27 @@ for model in mlp_small mlp_small_batch mlp_large mlp_large_batch; do
   for protocol in http-json http-binary grpc; do
     url="http://$HTTP"; [ "$protocol" = grpc ] && url="grpc://$GRPC"
     echo "== $model $protocol concurrency $SWEEP"
-    "$LOADTEST" --url "$url" --protocol "$protocol" --model "$model" --concurrency "$SWEEP" \
+    "$LOADTEST" --threads "$CLIENT_THREADS" --url "$url" --protocol "$protocol" --model "$model" --concurrency "$SWEEP" \
       --duration "$DURATION" --warmup "$WARMUP" --json --plot "bench/${model}_${protocol}.svg" \
       > "$OUT/results/${model}_${protocol}.json"
   done
 done
 
 echo "== cache hit path (mlp_small_cache, one distinct request)"
-"$LOADTEST" --url "grpc://$GRPC" --protocol grpc --model mlp_small_cache --distinct 1 --concurrency 1,32 \
+"$LOADTEST" --threads "$CLIENT_THREADS" --url "grpc://$GRPC" --protocol grpc --model mlp_small_cache --distinct 1 --concurrency 1,32 \
   --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/cache_grpc.json"
-"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_cache --distinct 1 --concurrency 1,32 \
+"$LOADTEST" --threads "$CLIENT_THREADS" --url "http://$HTTP" --protocol http-binary --model mlp_small_cache --distinct 1 --concurrency 1,32 \
   --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/cache_http-binary.json"
 
 echo "== overload: concurrency 512 against a queue bound of 256"
 rss() { awk '/VmRSS/ {print $2}' "/proc/$SERVER/status"; }
 echo "{\"rss_kb_before\": $(rss)}" > "$OUT/results/overload_rss_before.json"
-"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
+"$LOADTEST" --threads "$CLIENT_THREADS" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
   --duration "$DURATION" --warmup "$WARMUP" --json --plot bench/overload_timeline.svg > "$OUT/results/overload.json"
 # Between the runs: the first one grows the server to its working set for 512 connections; the
 # second must not grow it further.
 echo "{\"rss_kb_between\": $(rss)}" > "$OUT/results/overload_rss_between.json"
-"$LOADTEST" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
+"$LOADTEST" --threads "$CLIENT_THREADS" --url "http://$HTTP" --protocol http-binary --model mlp_small_overload --concurrency 512 \
   --duration "$DURATION" --warmup "$WARMUP" --json > "$OUT/results/overload_again.json"
 echo "{\"rss_kb_after\": $(rss)}" > "$OUT/results/overload_rss_after.json"
 curl -s "http://$ADMIN/metrics" | grep -E '^infergate_rejected_requests_total' > "$OUT/results/overload_rejections.txt" || true

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 results, duration, warmup, sweep = sys.argv[1:5]
+client_threads = os.environ.get("BENCH_CLIENT_THREADS", "1")
 
 
 def load(name):
@@ -48,7 +49,8 @@ w = out.append
 w("# Benchmarks\n")
 w("Written by `make bench` (`scripts/bench.sh`); rerun it to refresh this file and `bench/*.svg`. "
   "Where the time goes, from profiles of these scenarios: [bench/ANALYSIS.md](bench/ANALYSIS.md).\n")
-w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same two cores as the server, so every server number below is also limited by the client's CPU (its cost per request is in the tables)")
+w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same two cores as the server, so every server number below is also limited by the client's CPU (its cost per request is in the tables); "
+  f"the generator runs {client_threads} runtime thread(s) (`--threads {client_threads}`; one by default: on two cores shared with the server a second one cost more in wake-ups than it added)")
 w(f"- commit: `{commit}`; release build; each scenario {duration} measured after a {warmup} warm-up; batch-1 requests; closed loop")
 w("- models: `mlp_small` (FP32 64→256→256→10, Gemm+Relu) and `mlp_large` (784→1024→1024→10), built by "
   "`models/recipes/make_models.py --bench`; every variant serves the same weights with `intra_op_threads = 1` and, except `_batch`, `instances = 2`; "
@@ -165,7 +167,7 @@ def sweep_table(models):
 
 
 w("## Sweeps\n")
-w(f"`infergate-loadtest --url URL --protocol P --model M --concurrency {sweep} --duration {duration} --warmup {warmup} --json --plot bench/M_P.svg`. "
+w(f"`infergate-loadtest --threads {client_threads} --url URL --protocol P --model M --concurrency {sweep} --duration {duration} --warmup {warmup} --json --plot bench/M_P.svg`. "
   "`× ceiling` is throughput over the in-process batch-1 call rate for `mlp_small` and over the batch-32 row rate for `mlp_large`. "
   "`avg batch`, `server queue µs` and `server infer µs` come from the server's statistics API (per request; infer is per execution).\n")
 w("### mlp_small\n")
