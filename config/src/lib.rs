@@ -181,6 +181,11 @@ pub struct ServerConfig {
     /// accepts gzip or deflate: they fit in one TCP segment either way, and compressing them
     /// costs more CPU than the inference of a small model.
     pub compress_min_bytes: u16,
+    /// Threads of the async runtime that runs the listeners and the gateway stack; 0: one per
+    /// CPU core the process may use. Model execution runs on threads of its own (`instances`
+    /// per loaded version), so on a small machine fewer front-end threads can leave the model
+    /// threads a core each.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -198,6 +203,7 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_tensor_elements: 1 << 26,
             compress_min_bytes: 1024,
+            worker_threads: 0,
         }
     }
 }

@@ -128,13 +128,9 @@ pub fn config_command(
     Ok(())
 }
 
-/// Loads config (file, then `env`, then flags), finds ONNX Runtime, loads the repository,
-/// binds, and serves until SIGINT/SIGTERM.
-pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
-    let ort_env = env
-        .iter()
-        .find(|(k, _)| k == "ORT_DYLIB_PATH")
-        .map(|(_, v)| PathBuf::from(v));
+/// Loads config (file, then `env`, then flags), then serves until SIGINT/SIGTERM on a tokio
+/// runtime of `server.worker_threads` threads (see [`serve_config`]).
+pub fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
     let mut overrides = Overrides::new();
     overrides
         .set(
@@ -154,11 +150,30 @@ pub async fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Resul
         );
     let mut config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
     config.telemetry.apply_otel_env(&env);
-    // Before any model loads: ONNX Runtime allocates through glibc's malloc.
+    // Before any thread starts or model loads: ONNX Runtime allocates through glibc's malloc.
     let heap = crate::heap::tune_c_heap(
         config.runtime.malloc_arena_max,
         config.runtime.malloc_mmap_threshold_bytes,
     );
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if config.server.worker_threads > 0 {
+        runtime.worker_threads(config.server.worker_threads);
+    }
+    runtime.build()?.block_on(serve_config(config, env, heap))
+}
+
+/// Finds ONNX Runtime, loads the repository, binds, and serves until SIGINT/SIGTERM; `heap` is
+/// what became of the glibc malloc settings, logged once logging is up.
+pub async fn serve_config(
+    config: Config,
+    env: Vec<(String, String)>,
+    heap: Result<(), String>,
+) -> anyhow::Result<()> {
+    let ort_env = env
+        .iter()
+        .find(|(k, _)| k == "ORT_DYLIB_PATH")
+        .map(|(_, v)| PathBuf::from(v));
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let traces = crate::telemetry::provider(&config.telemetry, &metrics.trace_spans)?;
     let tracer = traces

@@ -248,11 +248,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     servers.spawn(async move { grpc.await.context("grpc listener failed") });
 
     gateway.set_ready(true);
+    // The runtime's worker threads (`server.worker_threads`; model threads are apart).
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     println!(
-        "infergate serving: http={} grpc={} admin={}",
+        "infergate serving: http={} grpc={} admin={} workers={workers}",
         addrs.http, addrs.grpc, addrs.admin
     );
-    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, admin = %addrs.admin, "infergate serving");
+    tracing::info!(http = %addrs.http, grpc = %addrs.grpc, admin = %addrs.admin, workers, "infergate serving");
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

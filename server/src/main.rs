@@ -24,20 +24,18 @@ static GLOBAL: infergate_server::heap::Counting<mimalloc::MiMalloc> =
 static GLOBAL: infergate_server::heap::Counting<std::alloc::System> =
     infergate_server::heap::Counting(std::alloc::System);
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let env = std::env::vars().collect();
     match cli.command {
-        Command::Serve(args) => {
-            infergate_server::cli::serve(args, std::env::vars().collect()).await
-        }
-        Command::Registry(args) => {
-            infergate_server::registry_cli::run(args, std::env::vars().collect())
-        }
+        // Builds its tokio runtime once the configuration says how many threads it gets; the
+        // other commands are synchronous.
+        Command::Serve(args) => infergate_server::cli::serve(args, env),
+        Command::Registry(args) => infergate_server::registry_cli::run(args, env),
         Command::Health { addr } => infergate_server::cli::probe_ready(addr),
         Command::Config(args) => infergate_server::cli::config_command(
             args,
-            std::env::vars().collect(),
+            env,
             &mut std::io::stdin(),
             &mut std::io::stdout(),
         ),
