@@ -22,6 +22,9 @@ LOADTEST=target/release/infergate-loadtest
 # One client runtime thread: on 2 cores shared with the server, a second one costs more in
 # cross-thread wake-ups than it adds (gRPC at concurrency 1: 107 against 76 us of client CPU per request).
 CLIENT_THREADS=${BENCH_CLIENT_THREADS:-1}
+# One front-end thread in the server (server.worker_threads): the model threads need the other
+# core (mlp_small_batch gRPC c32: 38k against 45k req/s with the default of one per core).
+export BENCH_SERVER_WORKERS=${BENCH_SERVER_WORKERS:-1}
 rm -rf "$OUT/results" && mkdir -p "$OUT/results" bench
 
 echo "== build (release)"
@@ -43,7 +46,7 @@ source scripts/bench_lib.sh
 trap stop_server EXIT
 
 echo "== infergate on loopback"
-start_server server
+start_server server env INFERGATE_SERVER__WORKER_THREADS="$BENCH_SERVER_WORKERS"
 for model in mlp_small mlp_small_batch mlp_large mlp_large_batch; do
   for protocol in http-json http-binary grpc; do
     url="http://$HTTP"; [ "$protocol" = grpc ] && url="grpc://$GRPC"
