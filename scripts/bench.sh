@@ -22,9 +22,9 @@ LOADTEST=target/release/infergate-loadtest
 # One client runtime thread: on 2 cores shared with the server, a second one costs more in
 # cross-thread wake-ups than it adds (gRPC at concurrency 1: 107 against 76 us of client CPU per request).
 CLIENT_THREADS=${BENCH_CLIENT_THREADS:-1}
-# One front-end thread in the server (server.worker_threads): the model threads need the other
-# core (mlp_small_batch gRPC c32: 38k against 45k req/s with the default of one per core).
-export BENCH_SERVER_WORKERS=${BENCH_SERVER_WORKERS:-1}
+# server.worker_threads of the sweep server; 0 is the server's default, one per core. On two
+# cores 1 measured faster in paired runs (bench/ANALYSIS.md) but has no full `make bench` yet.
+export BENCH_SERVER_WORKERS=${BENCH_SERVER_WORKERS:-0}
 rm -rf "$OUT/results" && mkdir -p "$OUT/results" bench
 
 echo "== build (release)"

@@ -8,7 +8,7 @@ import sys
 
 results, duration, warmup, sweep = sys.argv[1:5]
 client_threads = os.environ.get("BENCH_CLIENT_THREADS", "1")
-server_workers = os.environ.get("BENCH_SERVER_WORKERS", "1")
+server_workers = os.environ.get("BENCH_SERVER_WORKERS", "0")
 
 
 def load(name):
@@ -53,7 +53,7 @@ w("Written by `make bench` (`scripts/bench.sh`); rerun it to refresh this file a
 w(f"- machine: {os.cpu_count()} cores ({cpu_model()}), shared and noisy; the load generator runs on the same two cores as the server, so every server number below is also limited by the client's CPU (its cost per request is in the tables); "
   f"the generator runs {client_threads} runtime thread(s) (`--threads {client_threads}`; one by default: on two cores shared with the server a second one cost more in wake-ups than it added)")
 w(f"- commit: `{commit}`; release build; each scenario {duration} measured after a {warmup} warm-up; batch-1 requests; closed loop")
-w(f"- server: `server.worker_threads = {server_workers}` for the sweeps, the cache and the overload runs (the default is one per core; on two cores one front-end thread leaves the model threads the other core, see bench/ANALYSIS.md); the cross-check and overhead servers are pinned to one core")
+w(f"- server: `server.worker_threads = {server_workers}` (`BENCH_SERVER_WORKERS`; 0 is one per core) for the sweeps, the cache and the overload runs; the cross-check and overhead servers are pinned to one core")
 w("- models: `mlp_small` (FP32 64→256→256→10, Gemm+Relu) and `mlp_large` (784→1024→1024→10), built by "
   "`models/recipes/make_models.py --bench`; every variant serves the same weights with `intra_op_threads = 1` and, except `_batch`, `instances = 2`; "
   "`max_batch_size = 128`; `_batch` serves one instance with `[dynamic_batching]`, `max_queue_delay_us = 0` (batches form while the instance is busy; on 2 cores one instance forming larger batches beat two)\n")
