@@ -122,16 +122,17 @@ async fn h2_connect(authority: &str) -> anyhow::Result<h2::client::SendRequest<B
 
 impl GrpcConn {
     async fn open(authority: &str) -> anyhow::Result<Self> {
+        let sender = h2_connect(authority).await?;
+        // Connects on its first call: only connections used for metadata or statistics open
+        // one, not those that only send requests.
         let channel = Channel::from_shared(format!("http://{authority}"))?
             .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to grpc://{authority}"))?;
+            .connect_lazy();
         Ok(Self {
             client: GrpcInferenceServiceClient::new(channel)
                 .max_decoding_message_size(usize::MAX)
                 .max_encoding_message_size(usize::MAX),
-            sender: h2_connect(authority).await?,
+            sender,
             authority: authority.to_string(),
             uri: format!("http://{authority}/inference.GRPCInferenceService/ModelInfer").parse()?,
         })

@@ -165,7 +165,7 @@ pub fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Result<()> 
 
 /// Finds ONNX Runtime, loads the repository, binds, and serves until SIGINT/SIGTERM; `heap` is
 /// what became of the glibc malloc settings, logged once logging is up.
-pub async fn serve_config(
+async fn serve_config(
     config: Config,
     env: Vec<(String, String)>,
     heap: Result<(), String>,
