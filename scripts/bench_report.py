@@ -136,7 +136,7 @@ if over and before and between and after:
 def overhead(protocol):
     """Median req/s with observability off and on, and every run's, for one protocol."""
     per = {}
-    for mode in ("off", "on"):
+    for mode in ("off", "on", "sampled"):
         docs = [load(f"overhead_{mode}_{protocol}_{i}.json") for i in (1, 2, 3)]
         per[mode] = [d["throughput"] for d in docs if d]
     return per
@@ -263,20 +263,25 @@ for i in (1, 2, 3):
             result = label.split('result="')[1].split('"')[0]
             spans[result] = spans.get(result, 0) + int(float(value))
 sink = load("overhead_sink.json")
+ratio_path = os.path.join(results, "overhead_sampled_ratio.txt")
+sampled_ratio = open(ratio_path).read().strip() if os.path.exists(ratio_path) else "?"
 if overhead("grpc")["off"]:
     w("`mlp_small`, concurrency 32, batch-1 requests, closed loop, three rounds alternating two servers: **off** "
       "(`INFERGATE_TELEMETRY__REQUEST_METRICS=false`, no trace export) and **on** (per-request metrics plus every request "
       "traced, `INFERGATE_TELEMETRY__SAMPLING_RATIO=1`, exported over OTLP/HTTP protobuf to `scripts/otlp_sink.py` on loopback). "
       "The server is pinned to core 0; the load generator (`--threads 1`) and the sink share core 1, so the sink's work "
-      "takes from the client, not the server. A request makes 5 spans (infer, decode, validate, execute, encode).\n")
-    w("| protocol | off req/s (median) | on req/s (median) | on / off | off runs | on runs |")
-    w("|---|---:|---:|---:|---|---|")
+      "takes from the client, not the server. A request makes 5 spans (infer, decode, validate, execute, encode). "
+      f"A third server, **sampled**, is the on server tracing a share of {sampled_ratio} of the requests, as production would; "
+      "a request it does not sample makes no span at all.\n")
+    w("| protocol | off req/s (median) | on req/s (median) | on / off | sampled req/s (median) | sampled / off | off runs | on runs | sampled runs |")
+    w("|---|---:|---:|---:|---:|---:|---|---|---|")
     for protocol in ("http-json", "grpc"):
         per = overhead(protocol)
         if per["off"] and per["on"]:
             off = median(per["off"])
             on = median(per["on"])
-            w(f"| {protocol} | {off:.0f} | {on:.0f} | {on / off:.3f} | {[round(x) for x in per['off']]} | {[round(x) for x in per['on']]} |")
+            sampled = median(per["sampled"]) if per["sampled"] else float("nan")
+            w(f"| {protocol} | {off:.0f} | {on:.0f} | {on / off:.3f} | {sampled:.0f} | {sampled / off:.3f} | {[round(x) for x in per['off']]} | {[round(x) for x in per['on']]} | {[round(x) for x in per['sampled']]} |")
     if spans:
         w(f"\nSpans over the three traced servers: {spans.get('exported', 0)} exported, {spans.get('dropped', 0)} dropped "
           f"(export queue full), {spans.get('failed', 0)} failed"

@@ -13,9 +13,11 @@ use opentelemetry::trace::TraceContextExt as _;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::{FilterExt as _, LevelFilter};
 use tracing_subscriber::fmt::format::{Format, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::registry::Registry;
 use tracing_subscriber::reload;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -164,6 +166,29 @@ pub fn init(
     config: &infergate_config::LogConfig,
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
 ) -> LogControl {
+    let (dispatch, control) = build(
+        config,
+        tracer,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+    let _ = dispatch.try_init();
+    control
+}
+
+/// The subscriber [`init`] installs, writing its log lines to `writer`.
+///
+/// The level filter is the log layer's alone: a log level raised at run time must not silence
+/// traces, and without a tracer no layer wants spans, so none are made.
+pub fn build<W>(
+    config: &infergate_config::LogConfig,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    writer: W,
+    ansi: bool,
+) -> (tracing::Dispatch, LogControl)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let initial = if EnvFilter::try_new(&config.level).is_ok() {
         config.level.clone()
     } else {
@@ -171,27 +196,29 @@ pub fn init(
     };
     let (filter, handle) = reload::Layer::new(EnvFilter::new(&initial));
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let otel = tracer.map(otel_layer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    let _ = if config.format == "json" {
+        .with_writer(writer)
+        .with_ansi(ansi);
+    // A list, not an `Option` layer: an absent `Option` layer wants every span.
+    let mut layers: Vec<Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>> = Vec::new();
+    if let Some(tracer) = tracer {
+        layers.push(otel_layer(tracer).with_filter(LevelFilter::INFO).boxed());
+    }
+    let mut binder = None;
+    if config.format == "json" {
         let format = JsonWithTraceIds::default();
-        let binder = format.binder();
-        let installed = registry
-            .with(
-                fmt.event_format(format)
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_filter(events_only()),
-            )
-            .try_init();
-        // Outside any scoped dispatcher, the default is the global one just installed.
-        tracing::dispatcher::get_default(|d| binder.bind(d));
-        installed
+        binder = Some(format.binder());
+        let fmt = fmt
+            .event_format(format)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
+        layers.push(fmt.with_filter(events_only().and(filter)).boxed());
     } else {
-        registry.with(fmt.with_filter(events_only())).try_init()
-    };
-    LogControl::new(&initial, handle)
+        layers.push(fmt.with_filter(events_only().and(filter)).boxed());
+    }
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
+    if let Some(binder) = binder {
+        binder.bind(&dispatch);
+    }
+    (dispatch, LogControl::new(&initial, handle))
 }
 
 /// The log layer's own filter: events, no spans (see the module's notes).
@@ -264,5 +291,68 @@ mod tests {
         assert_eq!(parsed[1]["span"]["name"], "infer");
         // The log layer sees no spans: it formats none of their fields, lists none.
         assert!(parsed[1].get("spans").is_none(), "{}", parsed[1]);
+    }
+
+    #[test]
+    fn the_log_level_filters_log_lines_not_traces_and_without_a_tracer_no_span_is_made() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let config = infergate_config::LogConfig {
+            level: "info".into(),
+            format: "json".into(),
+        };
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let (dispatch, control) = super::build(
+            &config,
+            Some(provider.tracer("test")),
+            move || writer.clone(),
+            false,
+        );
+        let none = http::HeaderMap::new();
+        tracing::dispatcher::with_default(&dispatch, || {
+            let first = crate::telemetry::request_span(&none, "m", "http", 1.0);
+            first.span.in_scope(|| tracing::info!("first"));
+            control.set("warn").unwrap();
+            let second = crate::telemetry::request_span(&none, "m", "http", 1.0);
+            assert!(
+                crate::telemetry::span_context(&second.span).is_some(),
+                "a raised log level leaves the traces alone"
+            );
+            second.span.in_scope(|| {
+                tracing::info!("second");
+                tracing::warn!("third");
+            });
+            let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+            let messages: Vec<(String, Option<String>)> = text
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .map(|v| {
+                    let message = v["fields"]["message"].as_str().unwrap_or("").to_string();
+                    (message, v["trace_id"].as_str().map(str::to_string))
+                })
+                .collect();
+            assert_eq!(
+                messages,
+                [
+                    ("first".to_string(), first.trace_id.clone()),
+                    ("log level changed".to_string(), None),
+                    ("third".to_string(), second.trace_id.clone()),
+                ],
+                "{text}"
+            );
+        });
+
+        drop((dispatch, control, provider));
+
+        // Without a tracer nothing wants spans: the request makes none and answers no trace id.
+        let (dispatch, _) = super::build(&config, None, std::io::sink, false);
+        tracing::dispatcher::with_default(&dispatch, || {
+            for ratio in [1.0, 0.5, 0.0] {
+                let t = crate::telemetry::request_span(&none, "m", "http", ratio);
+                assert!(t.span.is_disabled(), "ratio {ratio}");
+                assert_eq!(t.trace_id, None, "ratio {ratio}");
+                assert!(crate::telemetry::stage_span!("decode").is_disabled());
+            }
+        });
     }
 }

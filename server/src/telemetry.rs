@@ -92,9 +92,9 @@ pub fn provider(
                 limit: config.max_queue,
                 counts,
             })
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sampling_ratio,
-            ))))
+            // The front ends sample (`request_span_with`) before any span exists; every span
+            // made after that is one to record.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_resource(
                 opentelemetry_sdk::Resource::builder()
                     .with_service_name(config.service_name.clone())
@@ -292,23 +292,65 @@ pub fn caller_context_grpc(metadata: &tonic::metadata::MetadataMap) -> opentelem
     TraceContextPropagator::new().extract(&Metadata(metadata))
 }
 
+/// A request's span and the trace id its answer carries.
+#[derive(Debug)]
+pub struct RequestTrace {
+    /// The request span; none when the request is not sampled (or nothing traces), so that
+    /// neither it nor any stage beneath it costs the request path anything.
+    pub span: tracing::Span,
+    /// For the `x-trace-id` header: the span's trace, or for a request that is not sampled,
+    /// the caller's trace or a fresh id. None when nothing traces.
+    pub trace_id: Option<String>,
+}
+
 /// A request span that joins the caller's trace (W3C `traceparent`/`tracestate` in `headers`)
 /// and carries the model and protocol; the rest of its attributes are recorded as they become
-/// known.
+/// known. Whether it is sampled is decided here, before any span exists (see
+/// [`request_span_with`]).
 pub fn request_span(
     headers: &http::HeaderMap,
     model: &str,
     protocol: &'static str,
-) -> tracing::Span {
-    request_span_with(|| caller_context(headers), model, protocol)
+    ratio: f64,
+) -> RequestTrace {
+    request_span_with(|| caller_context(headers), model, protocol, ratio)
 }
 
-/// [`request_span`] with the caller's context read only when the span is recorded.
+/// [`request_span`] with the caller's context read only when something traces.
+///
+/// Sampling is parent-based: a caller's sampled `traceparent` is followed either way, and a
+/// request without one is sampled with probability `ratio` (`telemetry.sampling_ratio`). A
+/// request that is not sampled gets no spans at all (stages use [`stage_span!`]), rather than
+/// spans the SDK would build and then not record: those cost about half of what a sampled
+/// request's spans cost.
 pub fn request_span_with(
     caller: impl FnOnce() -> opentelemetry::Context,
     model: &str,
     protocol: &'static str,
-) -> tracing::Span {
+    ratio: f64,
+) -> RequestTrace {
+    if !tracing::span_enabled!(tracing::Level::INFO) {
+        return RequestTrace {
+            span: tracing::Span::none(),
+            trace_id: None,
+        };
+    }
+    let parent = caller();
+    let remote = parent.span().span_context().clone();
+    let (sampled, id) = if remote.is_valid() {
+        (remote.is_sampled(), remote.trace_id())
+    } else if ratio >= 1.0 {
+        (true, opentelemetry::trace::TraceId::INVALID)
+    } else {
+        let id = random_trace_id();
+        (ratio_admits(ratio, id), id)
+    };
+    if !sampled {
+        return RequestTrace {
+            span: tracing::Span::none(),
+            trace_id: Some(id.to_string()),
+        };
+    }
     let span = tracing::info_span!(
         "infer",
         otel.name = %format!("infer {model}"),
@@ -325,14 +367,48 @@ pub fn request_span_with(
         dataset_digest = tracing::field::Empty,
         outcome = tracing::field::Empty,
     );
-    if span.is_disabled() {
-        return span;
-    }
-    let parent = caller();
-    if parent.span().span_context().is_valid() {
+    if remote.is_valid() {
         let _ = span.set_parent(parent);
     }
-    span
+    let trace_id = trace_id(&span);
+    RequestTrace { span, trace_id }
+}
+
+/// A trace id from the SDK's own generator (a thread-local random source).
+fn random_trace_id() -> opentelemetry::trace::TraceId {
+    use opentelemetry_sdk::trace::IdGenerator as _;
+    opentelemetry_sdk::trace::RandomIdGenerator::default().new_trace_id()
+}
+
+/// Whether a root request is sampled at `ratio`, from the low 63 bits of a random trace id
+/// (what the SDK's `TraceIdRatioBased` sampler compares).
+fn ratio_admits(ratio: f64, id: opentelemetry::trace::TraceId) -> bool {
+    if ratio <= 0.0 {
+        return false;
+    }
+    let bound = (ratio * (1u64 << 63) as f64) as u64;
+    let bytes = id.to_bytes();
+    let low = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")) >> 1;
+    low < bound
+}
+
+/// The span of one stage of a request: `tracing::info_span!` with the same arguments when the
+/// current span is recorded, none otherwise, so that an unsampled request makes no spans.
+#[macro_export]
+macro_rules! stage_span {
+    ($($arg:tt)+) => {
+        if $crate::telemetry::in_recorded_span() {
+            tracing::info_span!($($arg)+)
+        } else {
+            tracing::Span::none()
+        }
+    };
+}
+pub use stage_span;
+
+/// Whether the current span is a recorded one (a stage beneath it should have a span).
+pub fn in_recorded_span() -> bool {
+    tracing::dispatcher::get_default(|d| d.current_span().id().is_some())
 }
 
 /// Records what the stack's answer says about who served the request.
@@ -400,6 +476,77 @@ mod tests {
     use opentelemetry::trace::{Tracer as _, TracerProvider as _};
 
     use super::*;
+
+    /// A subscriber that records spans as OpenTelemetry spans, as `serve` installs with an
+    /// endpoint (no exporter: only the span contexts are looked at).
+    fn traced() -> impl tracing::Subscriber + Send + Sync {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+            .build();
+        tracing_subscriber::registry().with(crate::logging::otel_layer(provider.tracer("test")))
+    }
+
+    fn traceparent(trace: &str, flags: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        let value = format!("00-{trace}-00f067aa0ba902b7-{flags}");
+        headers.insert("traceparent", value.parse().unwrap());
+        headers
+    }
+
+    const CALLER: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    #[test]
+    fn sampled_requests_get_spans_and_the_rest_none_with_a_trace_id_all_the_same() {
+        tracing::subscriber::with_default(traced(), || {
+            let none = http::HeaderMap::new();
+            // Ratio 1: a recorded span, and the header names its trace.
+            let t = request_span(&none, "m", "http", 1.0);
+            let context = span_context(&t.span).expect("a recorded span");
+            assert!(context.is_sampled());
+            assert_eq!(t.trace_id, Some(context.trace_id().to_string()));
+            // Inside it a stage gets a span of its own; outside, none.
+            t.span.in_scope(|| {
+                let stage = crate::telemetry::stage_span!("decode");
+                assert!(!stage.is_none());
+                assert_ne!(span_context(&stage).unwrap().span_id(), context.span_id());
+            });
+            assert!(crate::telemetry::stage_span!("decode").is_none());
+
+            // Ratio 0: no span, so no stage beneath it either, but still a trace id to answer with.
+            let t = request_span(&none, "m", "http", 0.0);
+            assert!(t.span.is_none());
+            assert_eq!(t.trace_id.as_ref().map(String::len), Some(32));
+            t.span
+                .in_scope(|| assert!(crate::telemetry::stage_span!("decode").is_none()));
+
+            // A caller's decision wins over the ratio either way.
+            let t = request_span(&traceparent(CALLER, "01"), "m", "http", 0.0);
+            let context = span_context(&t.span).expect("a sampled caller is followed");
+            assert_eq!(context.trace_id().to_string(), CALLER);
+            assert_eq!(t.trace_id.as_deref(), Some(CALLER));
+            let t = request_span(&traceparent(CALLER, "00"), "m", "http", 1.0);
+            assert!(t.span.is_none(), "an unsampled caller is followed");
+            assert_eq!(t.trace_id.as_deref(), Some(CALLER));
+        });
+    }
+
+    #[test]
+    fn the_ratio_admits_the_share_of_trace_ids_it_names() {
+        let id = |low: u64| opentelemetry::trace::TraceId::from(u128::from(low));
+        // The low 63 bits against ratio x 2^63, as the SDK's TraceIdRatioBased sampler does.
+        assert!(ratio_admits(0.5, id(0)));
+        assert!(ratio_admits(0.5, id((1 << 63) - 2)));
+        assert!(!ratio_admits(0.5, id(1 << 63)));
+        assert!(!ratio_admits(0.5, id(u64::MAX)));
+        assert!(ratio_admits(0.01, id(0)));
+        assert!(!ratio_admits(0.0, id(0)));
+        // And random ids are admitted at about the ratio.
+        let admitted = (0..20_000)
+            .filter(|_| ratio_admits(0.25, random_trace_id()))
+            .count();
+        assert!((4_000..6_000).contains(&admitted), "{admitted} of 20000");
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spans_are_exported_over_http_protobuf() {

@@ -137,7 +137,7 @@ async fn infer_one(
         &request.model_name,
         client,
     )?;
-    let decode = tracing::info_span!("decode").entered();
+    let decode = crate::telemetry::stage_span!("decode").entered();
     let mut req = convert::request(request)?;
     req.check_limits(gateway.config.server.max_tensor_elements)?;
     req.apply_parameters()?;
@@ -154,7 +154,7 @@ async fn infer_one(
         .await
         .map_err(ServeError::from)?;
     crate::telemetry::record_response(&tracing::Span::current(), gateway, &resp);
-    let _encode = tracing::info_span!("encode").entered();
+    let _encode = crate::telemetry::stage_span!("encode").entered();
     Ok(convert::response(resp))
 }
 
@@ -226,12 +226,12 @@ impl GrpcInferenceService for Inference {
             .get(ROUTE_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let span = crate::telemetry::request_span_with(
+        let crate::telemetry::RequestTrace { span, trace_id } = crate::telemetry::request_span_with(
             || crate::telemetry::caller_context_grpc(r.metadata()),
             &r.get_ref().model_name,
             "grpc",
+            self.gateway.config.telemetry.sampling_ratio,
         );
-        let trace_id = crate::telemetry::trace_id(&span);
         let resp = infer_one(&self.gateway, r.into_inner(), &client, timeout, route_key)
             .instrument(span.clone())
             .await
@@ -278,7 +278,9 @@ impl GrpcInferenceService for Inference {
                     || caller.clone(),
                     &request.model_name,
                     "grpc_stream",
-                );
+                    gateway.config.telemetry.sampling_ratio,
+                )
+                .span;
                 tokio::spawn(async move {
                     use tracing::Instrument as _;
                     let echo = pb::ModelInferResponse {

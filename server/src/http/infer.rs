@@ -63,8 +63,12 @@ pub(crate) async fn infer(
     body: Body,
 ) -> Response {
     use tracing::Instrument as _;
-    let span = crate::telemetry::request_span(&headers, &path.model, "http");
-    let trace_id = crate::telemetry::trace_id(&span);
+    let crate::telemetry::RequestTrace { span, trace_id } = crate::telemetry::request_span(
+        &headers,
+        &path.model,
+        "http",
+        g.config.telemetry.sampling_ratio,
+    );
     let mut response = match handle(&g, path, &headers, body)
         .instrument(span.clone())
         .await
@@ -116,7 +120,7 @@ async fn handle(
                 })?,
         ),
     };
-    let decode = tracing::info_span!("decode").entered();
+    let decode = crate::telemetry::stage_span!("decode").entered();
     let (mut req, prefs) = match header_len {
         Some(0) if g.routes.load().is_route(&path.model) => {
             return Err(ServeError::invalid(format!(
@@ -152,7 +156,7 @@ async fn handle(
         .await
         .map_err(ServeError::from)?;
     crate::telemetry::record_response(&tracing::Span::current(), g, &resp);
-    let encode = tracing::info_span!("encode").entered();
+    let encode = crate::telemetry::stage_span!("encode").entered();
     let (json, binary) = codec::encode(&resp, &prefs);
     let mut response = encode_http(json, binary);
     drop(encode);

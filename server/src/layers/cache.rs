@@ -247,7 +247,7 @@ where
         let inner = self.inner.clone();
         let metrics = Arc::clone(&self.metrics);
         // The lookup and, on a miss, the computation beneath it.
-        let span = tracing::info_span!("cache", result = tracing::field::Empty);
+        let span = crate::telemetry::stage_span!("cache", result = tracing::field::Empty);
         let future = async move {
             let cache = target.cache.as_ref().expect("checked above");
             let lookup = Instant::now();

@@ -59,7 +59,7 @@ impl Service<InferRequest> for Execute {
                 1
             };
             let inputs = std::mem::take(&mut req.inputs);
-            let span = tracing::info_span!(
+            let span = crate::telemetry::stage_span!(
                 "execute",
                 model = %target.name,
                 version = %target.version_label,

@@ -563,7 +563,7 @@ where
         });
         let chosen = routes.pick(route, key.as_deref());
         let variant = &route.variants[chosen];
-        let decision = tracing::info_span!(
+        let decision = crate::telemetry::stage_span!(
             "route",
             route = %req.model,
             variant = %variant.name,

@@ -155,17 +155,22 @@ where
         while let Some(mut job) = rx.recv().await {
             use tracing::Instrument as _;
             use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-            // A trace of its own (it is not part of the answer), linked to the primary's.
-            let span = tracing::info_span!(
-                parent: None,
-                "shadow",
-                otel.name = %format!("shadow {}", job.request.model),
-                model = %job.request.model,
-                outcome = tracing::field::Empty,
-            );
-            if let Some(primary) = job.primary_span.take() {
-                span.add_link(primary);
-            }
+            // A trace of its own (it is not part of the answer), linked to the primary's; none
+            // when the primary was not sampled.
+            let span = match job.primary_span.take() {
+                Some(primary) => {
+                    let span = tracing::info_span!(
+                        parent: None,
+                        "shadow",
+                        otel.name = %format!("shadow {}", job.request.model),
+                        model = %job.request.model,
+                        outcome = tracing::field::Empty,
+                    );
+                    span.add_link(primary);
+                    span
+                }
+                None => tracing::Span::none(),
+            };
             job.request.span = span.clone();
             let start = std::time::Instant::now();
             let result = async {

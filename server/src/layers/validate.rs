@@ -49,7 +49,7 @@ where
             .into())));
         };
         let checked = {
-            let _span = tracing::info_span!("validate").entered();
+            let _span = crate::telemetry::stage_span!("validate").entered();
             check(&req, target)
         };
         match checked {

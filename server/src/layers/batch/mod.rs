@@ -188,7 +188,7 @@ impl BatchHandle {
             rows: req.rows(),
             key: ShapeKey::of(&req),
             enqueued: Instant::now(),
-            waiting: tracing::info_span!("queue_wait"),
+            waiting: crate::telemetry::stage_span!("queue_wait"),
             req,
             reply,
         };
@@ -311,8 +311,13 @@ where
 {
     use tracing::Instrument as _;
     let started = Instant::now();
-    // One span for the execution, linked to every request span it served.
-    let span = tracing::info_span!("batch_execute", batch_size = batch.len());
+    // One span for the execution, linked to every request span it served (none when no
+    // request in the batch is sampled).
+    let span = if batch.iter().any(|p| !p.req.span.is_none()) {
+        tracing::info_span!("batch_execute", batch_size = batch.len())
+    } else {
+        tracing::Span::none()
+    };
     for p in &mut batch {
         span.follows_from(&p.req.span);
         // The wait is over.
