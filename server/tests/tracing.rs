@@ -2,7 +2,9 @@
 //! (HTTP, gRPC, a gRPC stream) produce spans in the caller's trace, with the stage children
 //! (decode, validate, route, cache, queue wait, encode), the attributes (lineage included), a
 //! batch span linked to the request it served and a shadow span linked to its primary; the
-//! latency histogram carries the trace ids as exemplars; every span is counted as exported.
+//! latency histogram carries the trace ids as exemplars; every span is counted as exported. A
+//! server sampling nothing of its own makes no span for those requests, follows callers'
+//! decisions, and still answers with trace ids.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,7 +23,6 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde_json::json;
-use tracing_subscriber::layer::SubscriberExt as _;
 
 // In a test binary of its own: the subscriber set here is the only one in the process, so no
 // other test's threads can cache a span site as uninteresting before it is installed.
@@ -73,6 +74,8 @@ const ROUTE_TRACE: &str = "11111111111111111111111111111111";
 const STREAM_TRACE: &str = "22222222222222222222222222222222";
 const STREAM_PARENT: &str = "2222222222222222";
 const LINEAGE_TRACE: &str = "33333333333333333333333333333333";
+const UNSAMPLED_TRACE: &str = "44444444444444444444444444444444";
+const SAMPLED_TRACE: &str = "55555555555555555555555555555555";
 
 fn traceparent(trace: &str, parent: &str) -> String {
     format!("00-{trace}-{parent}-01")
@@ -111,10 +114,14 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     )
     .unwrap()
     .expect("an endpoint makes a provider");
-    let subscriber = tracing_subscriber::registry().with(infergate_server::logging::otel_layer(
-        provider.tracer("infergate"),
-    ));
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    // The subscriber `serve` installs: OpenTelemetry for spans, the log layer for events.
+    let (dispatch, _) = infergate_server::logging::build(
+        &infergate_config::LogConfig::default(),
+        Some(provider.tracer("infergate")),
+        std::io::sink,
+        false,
+    );
+    tracing::dispatcher::set_global_default(dispatch).unwrap();
 
     // iris_mlp version 1 with dynamic batching, so execution happens in a batch span, and a
     // response cache.
@@ -185,7 +192,11 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
     .with_registry(std::sync::Arc::new(reg));
     let repository = std::sync::Arc::new(repository);
     repository.load_all().await.unwrap();
-    let s = TestServer::serve(config, repository).await;
+    // A second server over the same models that samples no request of its own.
+    let mut unsampled_config = config.clone();
+    unsampled_config.telemetry.sampling_ratio = 0.0;
+    let s = TestServer::serve(config, std::sync::Arc::clone(&repository)).await;
+    let s0 = TestServer::serve(unsampled_config, repository).await;
 
     let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]});
     let r = s
@@ -241,6 +252,40 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
         &routed,
     )
     .await;
+
+    // Sampling ratio 0: a request of its own makes no span but still answers with a trace id;
+    // a caller's decision is followed both ways. Distinct inputs, so each one runs (no cache
+    // hit) through the batcher.
+    let mut unsampled_ids = vec![UNSAMPLED_TRACE.to_string()];
+    for (traceparent, data) in [
+        (None, [4.9, 3.0, 1.4, 0.2]),
+        (
+            Some(format!("00-{UNSAMPLED_TRACE}-{PARENT}-00")),
+            [4.7, 3.2, 1.3, 0.2],
+        ),
+        (
+            Some(traceparent(SAMPLED_TRACE, PARENT)),
+            [4.6, 3.1, 1.5, 0.2],
+        ),
+    ] {
+        let body = json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": data}]});
+        let mut post = s0
+            .http
+            .post(s0.url("/v2/models/iris_mlp/infer"))
+            .json(&body);
+        if let Some(value) = &traceparent {
+            post = post.header("traceparent", value);
+        }
+        let r = post.send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let id = r.headers()["x-trace-id"].to_str().unwrap().to_string();
+        assert_eq!(id.len(), 32, "{id}");
+        match traceparent {
+            None => unsampled_ids.push(id),
+            Some(t) => assert!(t.contains(&id), "{t} answered {id}"),
+        }
+    }
+    s0.stop().await;
 
     // Exemplars: OpenMetrics buckets name the traces of sampled requests; the classic format
     // leaves them out.
@@ -365,6 +410,27 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
         Some("grpc_stream")
     );
     assert_eq!(attribute(streamed, "outcome").as_deref(), Some("success"));
+
+    // The server that samples nothing of its own: no span in the unsampled traces, all of them
+    // in the sampled caller's, and every batch span linked to a sampled request.
+    for id in &unsampled_ids {
+        assert!(
+            !spans.iter().any(|s| &hex(&s.trace_id) == id),
+            "a span in unsampled trace {id}: {:?}",
+            names(&spans)
+        );
+    }
+    let sampled = request_span(&spans, SAMPLED_TRACE, "infer iris_mlp");
+    for stage in ["decode", "validate", "encode"] {
+        child(&spans, sampled, stage);
+    }
+    child(&spans, child(&spans, sampled, "cache"), "queue_wait");
+    assert!(
+        spans
+            .iter()
+            .filter(|s| s.name == "batch_execute")
+            .all(|s| !s.links.is_empty())
+    );
 
     let lineage = request_span(&spans, LINEAGE_TRACE, "infer iris_reg");
     for (key, value) in [
