@@ -120,7 +120,12 @@ impl BatchQueue {
     /// Takes out requests whose deadline has passed or whose caller is gone.
     pub fn prune(&mut self, now: Instant) -> Pruned {
         let mut pruned = Pruned::default();
+        let stale = |p: &Pending| p.reply.is_closed() || p.req.deadline.is_some_and(|d| d <= now);
         for level in &mut self.levels {
+            // Usually every request is still wanted: then nothing is moved.
+            if !level.iter().any(stale) {
+                continue;
+            }
             let mut kept = VecDeque::with_capacity(level.len());
             for p in level.drain(..) {
                 if p.reply.is_closed() {
