@@ -110,10 +110,9 @@ def paired(model, batch, protocol):
     out = []
     for i in range(1, 10):
         c = load(f"pair_ceiling_{model}_b{batch}_{i}.json")
-        r = load(f"pair_{model}_batch_{protocol}_{i}.json")
+        r = at(f"pair_{model}_batch_{protocol}_{i}.json", 32)
         if not (c and r):
             break
-        r = r.get("results", [r])[0]
         rate = c["calls_per_s"] if batch == 1 else c["rows_per_s"]
         out.append((r["throughput"], rate, r["throughput"] / rate))
     return out
@@ -282,7 +281,7 @@ sink = load("overhead_sink.json")
 ratio_path = os.path.join(results, "overhead_sampled_ratio.txt")
 sampled_ratio = open(ratio_path).read().strip() if os.path.exists(ratio_path) else "?"
 if overhead("grpc")["off"]:
-    w("`mlp_small`, concurrency 32, batch-1 requests, closed loop, three rounds alternating two servers: **off** "
+    w("`mlp_small`, concurrency 32, batch-1 requests, closed loop, three rounds alternating three servers: **off** "
       "(`INFERGATE_TELEMETRY__REQUEST_METRICS=false`, no trace export) and **on** (per-request metrics plus every request "
       "traced, `INFERGATE_TELEMETRY__SAMPLING_RATIO=1`, exported over OTLP/HTTP protobuf to `scripts/otlp_sink.py` on loopback). "
       "The server is pinned to core 0; the load generator (`--threads 1`) and the sink share core 1, so the sink's work "

@@ -204,16 +204,16 @@ where
         layers.push(otel_layer(tracer).with_filter(LevelFilter::INFO).boxed());
     }
     let mut binder = None;
-    if config.format == "json" {
+    let fmt = if config.format == "json" {
         let format = JsonWithTraceIds::default();
         binder = Some(format.binder());
-        let fmt = fmt
-            .event_format(format)
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
-        layers.push(fmt.with_filter(events_only().and(filter)).boxed());
+        fmt.event_format(format)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .boxed()
     } else {
-        layers.push(fmt.with_filter(events_only().and(filter)).boxed());
-    }
+        fmt.boxed()
+    };
+    layers.push(fmt.with_filter(events_only().and(filter)).boxed());
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
     if let Some(binder) = binder {
         binder.bind(&dispatch);
