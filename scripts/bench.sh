@@ -26,8 +26,8 @@ LOADTEST=target/release/infergate-loadtest
 # cross-thread wake-ups than it adds (gRPC at concurrency 1: 107 against 76 us of client CPU per request).
 CLIENT_THREADS=${BENCH_CLIENT_THREADS:-1}
 # server.worker_threads of the sweep server; 0 is the server's default, one per core. On two
-# cores 1 measured faster in paired runs (bench/ANALYSIS.md) but has no full `make bench` yet.
-export BENCH_SERVER_WORKERS=${BENCH_SERVER_WORKERS:-0}
+# cores, where each model version runs its own threads too, 1 is faster (bench/ANALYSIS.md).
+export BENCH_SERVER_WORKERS=${BENCH_SERVER_WORKERS:-1}
 rm -rf "$OUT/results" && mkdir -p "$OUT/results" bench
 
 echo "== build (release)"

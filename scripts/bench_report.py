@@ -8,7 +8,7 @@ import sys
 
 results, duration, warmup, sweep = sys.argv[1:5]
 client_threads = os.environ.get("BENCH_CLIENT_THREADS", "1")
-server_workers = os.environ.get("BENCH_SERVER_WORKERS", "0")
+server_workers = os.environ.get("BENCH_SERVER_WORKERS", "1")
 
 
 def load(name):
