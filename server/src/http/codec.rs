@@ -1,4 +1,5 @@
-//! HTTP infer bodies: JSON tensors (flat or nested) decoded straight into little-endian bytes,
+//! HTTP infer bodies: JSON tensors (flat or nested) decoded straight into little-endian bytes
+//! (numbers through the fast path of `numbers`, the rest through serde),
 //! Triton's binary tensor extension in both directions, and JSON output rendering.
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use super::numbers;
 use crate::core::{InferRequest, InferResponse, ParamValue, Parameters, Protocol};
 use crate::error::ServeError;
 use crate::repository::ModelVersion;
@@ -270,13 +272,25 @@ fn json_tensor(
         Some(size) => Sink::Fixed(BytesMut::with_capacity(hint.saturating_mul(size))),
         None => Sink::Bytes(Vec::with_capacity(hint)),
     };
-    let mut de = serde_json::Deserializer::from_str(data.get());
-    Flat {
-        dtype,
-        sink: &mut sink,
+    let fast = match &mut sink {
+        Sink::Fixed(out) if numbers::handles(dtype) => {
+            let decoded = numbers::decode(data.get(), dtype, out).is_some();
+            if !decoded {
+                out.clear();
+            }
+            decoded
+        }
+        _ => false,
+    };
+    if !fast {
+        let mut de = serde_json::Deserializer::from_str(data.get());
+        Flat {
+            dtype,
+            sink: &mut sink,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
     }
-    .deserialize(&mut de)
-    .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
     let got = match &sink {
         Sink::Fixed(bytes) => bytes.len() / dtype.size().unwrap_or(1),
         Sink::Bytes(elements) => elements.len(),

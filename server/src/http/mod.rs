@@ -3,6 +3,7 @@
 pub(crate) mod codec;
 mod infer;
 mod listen;
+mod numbers;
 
 pub(crate) use infer::variant_of;
 pub use listen::{ConnLimits, serve};
