@@ -50,6 +50,11 @@ pub struct DynamicBatching {
     pub default_priority_level: u32,
     /// Timeout of requests that set none (0 = none); an expired request fails with 504 unrun.
     pub default_timeout_us: u64,
+    /// While every instance is busy, a batch of at least this many rows is formed anyway and
+    /// queued for the next free instance (at most one per instance), which starts it the
+    /// moment it finishes instead of waiting for the gateway to form the next one; its
+    /// requests can then no longer be cancelled or time out unrun. 0 = off.
+    pub dispatch_ahead_rows: u32,
 }
 
 impl Default for DynamicBatching {
@@ -61,6 +66,7 @@ impl Default for DynamicBatching {
             priority_levels: 1,
             default_priority_level: 1,
             default_timeout_us: 0,
+            dispatch_ahead_rows: 0,
         }
     }
 }
@@ -192,6 +198,12 @@ impl ModelConfig {
                 errors.push(format!(
                     "{origin}: preferred batch size {size} must be between 1 and max_batch_size ({})",
                     self.max_batch_size
+                ));
+            }
+            if self.max_batch_size > 0 && b.dispatch_ahead_rows > self.max_batch_size {
+                errors.push(format!(
+                    "{origin}: dynamic_batching.dispatch_ahead_rows ({}) must be at most max_batch_size ({})",
+                    b.dispatch_ahead_rows, self.max_batch_size
                 ));
             }
         }

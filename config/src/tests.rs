@@ -149,7 +149,7 @@ fn model_config_batching_cache_and_limits_are_validated_together() {
     assert_eq!(config.response_cache.unwrap().ttl_ms, Some(1000));
     std::fs::write(
         &path,
-        "max_batch_size = 8\nmax_concurrent_requests = 0\n[dynamic_batching]\npreferred_batch_sizes = [16]\npriority_levels = 2\ndefault_priority_level = 3\nmax_queue_size = 0\n[response_cache]\nmax_bytes = 0\n",
+        "max_batch_size = 8\nmax_concurrent_requests = 0\n[dynamic_batching]\npreferred_batch_sizes = [16]\npriority_levels = 2\ndefault_priority_level = 3\nmax_queue_size = 0\ndispatch_ahead_rows = 9\n[response_cache]\nmax_bytes = 0\n",
     )
     .unwrap();
     let err = ModelConfig::load(&path).unwrap_err().to_string();
@@ -158,6 +158,7 @@ fn model_config_batching_cache_and_limits_are_validated_together() {
         "preferred batch size 16 must be between 1 and max_batch_size (8)",
         "default_priority_level must be between 1 and priority_levels (2)",
         "max_queue_size must be at least 1",
+        "dispatch_ahead_rows (9) must be at most max_batch_size (8)",
         "response_cache.max_bytes must be greater than 0",
     ] {
         assert!(err.contains(fragment), "missing {fragment:?} in {err}");

@@ -133,6 +133,58 @@ async fn requests_batch_while_the_instance_is_busy_and_split_back_exactly() {
     );
 }
 
+/// With `dispatch_ahead_rows = 2` and one busy instance, a single waiting request stays in the
+/// gateway's queue, two are formed into a batch that waits in the model's queue, and a request
+/// arriving after that waits for the next batch. Without the setting the three would run as
+/// one batch; dispatching ahead regardless of size would run the first one alone.
+#[tokio::test]
+async fn a_big_enough_batch_is_dispatched_ahead_while_the_instance_is_busy() {
+    let (repo, factory) = fake(
+        Behavior::Slow(Duration::from_millis(100)),
+        batching(
+            DynamicBatching {
+                dispatch_ahead_rows: 2,
+                ..DynamicBatching::default()
+            },
+            16,
+        ),
+        1,
+    );
+    let gateway = Gateway::new(Config::default(), repo.clone()).unwrap();
+    let started = tokio::time::Instant::now();
+    let send = |value: f32| {
+        let g = Arc::clone(&gateway);
+        tokio::spawn(async move {
+            let out = call(&g, request(1, value)).await.unwrap();
+            (out, started.elapsed())
+        })
+    };
+    let a = send(1.0);
+    wait_for(&factory, 1).await;
+    let b = send(2.0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let c = send(3.0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let d = send(4.0);
+    let mut done = Vec::new();
+    for (task, value) in [(a, 1.0), (b, 2.0), (c, 3.0), (d, 4.0)] {
+        let (out, at) = task.await.unwrap();
+        assert_eq!(out, vec![value; 2]);
+        done.push(at);
+    }
+    assert!(
+        done[1].abs_diff(done[2]) < Duration::from_millis(50),
+        "the second and third ran as one batch: {done:?}"
+    );
+    assert!(
+        done[3] > done[2] + Duration::from_millis(50),
+        "the fourth ran after that batch: {done:?}"
+    );
+    let stats = &repo.resolve("fake", None).unwrap().stats;
+    assert_eq!(stats.inference_count.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.execution_count.load(Ordering::Relaxed), 3);
+}
+
 #[tokio::test]
 async fn a_cancelled_request_is_never_executed() {
     let (repo, factory) = fake(

@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use futures::future::{BoxFuture, Either, Ready, ready};
 use infergate_config::DynamicBatching;
 use infergate_runtime::{NamedTensor, Tensor, TensorData};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -128,6 +128,14 @@ impl BatchHandle {
     {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
+        // One batch per instance, and with `dispatch_ahead_rows` one more queued behind it.
+        let instances = instances.max(1);
+        let ahead_rows = settings.dispatch_ahead_rows as usize;
+        let permits = if settings.dispatch_ahead_rows > 0 {
+            2 * instances
+        } else {
+            instances
+        };
         let handle = Self {
             tx,
             queued: Arc::clone(&queued),
@@ -139,7 +147,11 @@ impl BatchHandle {
         let worker = Worker {
             inner,
             queue: BatchQueue::new(settings, max_batch),
-            permits: Arc::new(Semaphore::new(instances.max(1))),
+            permits: Arc::new(Semaphore::new(permits)),
+            permits_total: permits,
+            instances,
+            ahead_rows,
+            done: Arc::new(Notify::new()),
             queued,
             name,
             metrics,
@@ -212,6 +224,12 @@ struct Worker<S> {
     inner: S,
     queue: BatchQueue,
     permits: Arc<Semaphore>,
+    permits_total: usize,
+    instances: usize,
+    /// `dispatch_ahead_rows`: the rows a batch needs to be formed while every instance is busy.
+    ahead_rows: usize,
+    /// Signalled whenever a batch finishes.
+    done: Arc<Notify>,
     queued: Arc<AtomicUsize>,
     name: String,
     metrics: Arc<Metrics>,
@@ -261,6 +279,25 @@ where
                 }
             };
             self.prune();
+            // A permit beyond one per instance dispatches ahead: its batch waits in the model's
+            // queue until an instance finishes, so it is formed only once it is big enough.
+            let ahead = self.permits_total - self.permits.available_permits() > self.instances;
+            if ahead && self.queue.rows() < self.ahead_rows {
+                drop(permit);
+                let expiry = self.queue.earliest_deadline();
+                tokio::select! {
+                    biased;
+                    _ = self.done.notified() => {}
+                    _ = tokio::time::sleep_until(expiry.unwrap_or_else(Instant::now)), if expiry.is_some() => {
+                        self.prune();
+                    }
+                    msg = rx.recv(), if open => match msg {
+                        Some(p) => self.queue.push(p),
+                        None => open = false,
+                    },
+                }
+                continue;
+            }
             match self.queue.next(Instant::now()) {
                 Decision::Empty => drop(permit),
                 Decision::WaitUntil(until) => {
@@ -281,9 +318,11 @@ where
                 Decision::Run(batch) => {
                     self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
                     let inner = self.inner.clone();
+                    let done = Arc::clone(&self.done);
                     tokio::spawn(async move {
                         execute(inner, batch).await;
                         drop(permit);
+                        done.notify_one();
                     });
                 }
             }

@@ -113,6 +113,11 @@ impl BatchQueue {
         self.levels.iter().map(VecDeque::len).sum()
     }
 
+    /// Rows of every waiting request.
+    pub fn rows(&self) -> usize {
+        self.levels.iter().flatten().map(|p| p.rows).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.levels.iter().all(VecDeque::is_empty)
     }
