@@ -56,7 +56,7 @@ w(f"- commit: `{commit}`; release build; each scenario {duration} measured after
 w(f"- server: `server.worker_threads = {server_workers}` (`BENCH_SERVER_WORKERS`; 0 is one per core) for the sweeps, the cache and the overload runs; the cross-check and overhead servers are pinned to one core")
 w("- models: `mlp_small` (FP32 64→256→256→10, Gemm+Relu) and `mlp_large` (784→1024→1024→10), built by "
   "`models/recipes/make_models.py --bench`; every variant serves the same weights with `intra_op_threads = 1` and, except `_batch`, `instances = 2`; "
-  "`max_batch_size = 128`; `_batch` serves one instance with `[dynamic_batching]`, `max_queue_delay_us = 0` (batches form while the instance is busy; on 2 cores one instance forming larger batches beat two)\n")
+  "`max_batch_size = 128`; `_batch` serves one instance with `[dynamic_batching]`, `max_queue_delay_us = 0` (batches form while the instance is busy; on 2 cores one instance forming larger batches beat two) and `dispatch_ahead_rows = 8` (once 8 rows wait, the next batch is queued behind the running one)\n")
 
 ceilings = {}
 w("## In-process ceiling\n")
