@@ -333,21 +333,7 @@ impl Flat<'_> {
     }
 
     fn int<E: serde::de::Error>(&mut self, v: i128) -> Result<(), E> {
-        let range = || E::custom(format!("value {v} is out of range for {}", self.dtype));
-        macro_rules! put {
-            ($t:ty) => {
-                self.push_fixed(&<$t>::try_from(v).map_err(|_| range())?.to_le_bytes())
-            };
-        }
         match self.dtype {
-            DataType::Uint8 => put!(u8),
-            DataType::Uint16 => put!(u16),
-            DataType::Uint32 => put!(u32),
-            DataType::Uint64 => put!(u64),
-            DataType::Int8 => put!(i8),
-            DataType::Int16 => put!(i16),
-            DataType::Int32 => put!(i32),
-            DataType::Int64 => put!(i64),
             DataType::Fp16 | DataType::Bf16 | DataType::Fp32 | DataType::Fp64 => {
                 self.float(v as f64)
             }
@@ -357,6 +343,12 @@ impl Flat<'_> {
             DataType::Bytes => Err(E::custom(format!(
                 "expected a string for BYTES data, got {v}"
             ))),
+            // The integer types, whose sink is always fixed-width.
+            dtype => match self.sink {
+                Sink::Fixed(out) => numbers::push_int(dtype, v, out)
+                    .ok_or_else(|| E::custom(format!("value {v} is out of range for {dtype}"))),
+                Sink::Bytes(_) => Err(E::custom("expected a string for BYTES data")),
+            },
         }
     }
 

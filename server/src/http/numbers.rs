@@ -3,10 +3,11 @@
 //! delimiting the value), so this only walks it: brackets, commas and whitespace are skipped,
 //! and each number is parsed from its own text straight into the input's type.
 //!
-//! It is about twice as fast as visiting the numbers through serde, which parses every number
-//! as an `f64` with the exact algorithm that `float_roundtrip` asks for, even when the input
-//! is FP32. It is also exact where that path is not: an FP32 value is rounded once, from the
-//! decimal, instead of first to `f64` and then to `f32`.
+//! Visiting the numbers through serde instead parses every one as an `f64` with the exact
+//! algorithm that `float_roundtrip` asks for, even when the input is FP32: with this path the
+//! server's CPU per `mlp_large` JSON request fell from 112 to 93 µs (`bench/ANALYSIS.md`). It
+//! is also exact where that path is not: an FP32 value is rounded once, from the decimal,
+//! instead of first to `f64` and then to `f32`.
 //!
 //! Anything else (a string, `true`, an object, a number out of the type's range, an integer
 //! input written as `3.0`, FP16 or BF16) is declined with `None`, and the caller decodes the
@@ -68,7 +69,7 @@ struct Number {
     /// More than 19 significant digits, or an exponent too long to read: the cheap conversion
     /// does not apply.
     long: bool,
-    /// A fraction or an exponent was written: not an integer literal.
+    /// Written without a fraction or an exponent: an integer literal.
     integral: bool,
 }
 
@@ -233,14 +234,6 @@ fn fold_digits(mut m: u64, digits: &[u8]) -> u64 {
 /// Appends one number; the cheap conversions where they are exact, the standard library's
 /// (correctly rounded, slower) otherwise.
 fn push(text: &str, number: &Number, dtype: DataType, out: &mut BytesMut) -> Option<()> {
-    macro_rules! int {
-        ($t:ty) => {{
-            if !number.integral {
-                return None;
-            }
-            out.extend_from_slice(&text.parse::<$t>().ok()?.to_le_bytes());
-        }};
-    }
     match dtype {
         DataType::Fp32 => {
             let v = match number.to_f32() {
@@ -256,15 +249,44 @@ fn push(text: &str, number: &Number, dtype: DataType, out: &mut BytesMut) -> Opt
             };
             out.extend_from_slice(&v.to_le_bytes());
         }
-        DataType::Uint8 => int!(u8),
-        DataType::Uint16 => int!(u16),
-        DataType::Uint32 => int!(u32),
-        DataType::Uint64 => int!(u64),
-        DataType::Int8 => int!(i8),
-        DataType::Int16 => int!(i16),
-        DataType::Int32 => int!(i32),
-        DataType::Int64 => int!(i64),
-        DataType::Fp16 | DataType::Bf16 | DataType::Bool | DataType::Bytes => return None,
+        // An integer literal of up to 19 digits is its mantissa exactly.
+        dtype if number.integral => {
+            let v = if number.long {
+                text.parse::<i128>().ok()?
+            } else {
+                let m = i128::from(number.mantissa);
+                if number.negative { -m } else { m }
+            };
+            push_int(dtype, v, out)?;
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// Appends `v` as a little-endian value of the integer type `dtype`; `None` when `dtype` is not
+/// an integer type or `v` is out of its range.
+pub(super) fn push_int(dtype: DataType, v: i128, out: &mut BytesMut) -> Option<()> {
+    macro_rules! put {
+        ($t:ty) => {
+            out.extend_from_slice(&<$t>::try_from(v).ok()?.to_le_bytes())
+        };
+    }
+    match dtype {
+        DataType::Uint8 => put!(u8),
+        DataType::Uint16 => put!(u16),
+        DataType::Uint32 => put!(u32),
+        DataType::Uint64 => put!(u64),
+        DataType::Int8 => put!(i8),
+        DataType::Int16 => put!(i16),
+        DataType::Int32 => put!(i32),
+        DataType::Int64 => put!(i64),
+        DataType::Fp16
+        | DataType::Bf16
+        | DataType::Fp32
+        | DataType::Fp64
+        | DataType::Bool
+        | DataType::Bytes => return None,
     }
     Some(())
 }
