@@ -148,7 +148,6 @@ impl BatchHandle {
             inner,
             queue: BatchQueue::new(settings, max_batch),
             permits: Arc::new(Semaphore::new(permits)),
-            permits_total: permits,
             instances,
             ahead_rows,
             done: Arc::new(Notify::new()),
@@ -224,9 +223,9 @@ struct Worker<S> {
     inner: S,
     queue: BatchQueue,
     permits: Arc<Semaphore>,
-    permits_total: usize,
     instances: usize,
-    /// `dispatch_ahead_rows`: the rows a batch needs to be formed while every instance is busy.
+    /// `dispatch_ahead_rows`: the rows a batch needs to be formed while every instance is busy
+    /// (0: it waits for a free instance). Then there are two permits per instance.
     ahead_rows: usize,
     /// Signalled whenever a batch finishes.
     done: Arc<Notify>,
@@ -279,10 +278,13 @@ where
                 }
             };
             self.prune();
-            // A permit beyond one per instance dispatches ahead: its batch waits in the model's
-            // queue until an instance finishes, so it is formed only once it is big enough.
-            let ahead = self.permits_total - self.permits.available_permits() > self.instances;
-            if ahead && self.queue.rows() < self.ahead_rows {
+            // With fewer permits left than instances, this one is beyond one per instance: its
+            // batch waits in the model's queue until an instance finishes, so it is formed only
+            // once it is big enough.
+            if self.ahead_rows > 0
+                && self.permits.available_permits() < self.instances
+                && self.queue.rows() < self.ahead_rows
+            {
                 drop(permit);
                 let expiry = self.queue.earliest_deadline();
                 tokio::select! {
