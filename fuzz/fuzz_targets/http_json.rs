@@ -1,11 +1,34 @@
 //! An HTTP infer body that is JSON only: decoding either fails with an error or yields a
-//! request whose every tensor holds exactly the elements its shape declares.
+//! request whose every tensor holds exactly the elements its shape declares; and the server's
+//! reader (one pass where it can) decodes it exactly as serde_json alone does, or fails where
+//! serde_json's reading fails.
 #![no_main]
 
+use infergate_server::core::InferRequest;
 use libfuzzer_sys::fuzz_target;
 
+/// What a decoded request comes to, parameters sorted (they come from a map).
+fn outcome(req: &InferRequest) -> String {
+    let mut parameters = req.parameters.clone();
+    parameters.sort_by(|a, b| a.0.cmp(&b.0));
+    let inputs: Vec<_> = req
+        .inputs
+        .iter()
+        .map(|i| format!("{} {:?}", i.name, i.tensor))
+        .collect();
+    format!("{:?} {parameters:?} {inputs:?} {:?}", req.id, req.outputs)
+}
+
 fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = infergate_server::decode::http(data, bytes::Bytes::new()) {
+    let decoded = infergate_server::decode::http(data, bytes::Bytes::new());
+    let reference = infergate_server::decode::http_serde(data, bytes::Bytes::new());
+    assert_eq!(
+        decoded.as_ref().map(outcome).ok(),
+        reference.as_ref().map(outcome).ok(),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
+    if let Ok(req) = decoded {
         for input in &req.inputs {
             let declared: i64 = input.tensor.shape().iter().product();
             assert_eq!(declared as usize, input.tensor.len());

@@ -38,6 +38,14 @@ pub mod decode {
         Ok(req)
     }
 
+    /// [`http`] with the JSON read by serde_json alone: the reference that the one-pass reader
+    /// must agree with.
+    pub fn http_serde(json: &[u8], binary: Bytes) -> Result<InferRequest, ServeError> {
+        let (mut req, _) = crate::http::codec::decode_serde("fuzz".into(), None, json, binary)?;
+        req.apply_parameters()?;
+        Ok(req)
+    }
+
     /// A serialized gRPC `ModelInferRequest`.
     pub fn grpc(message: &[u8]) -> Result<InferRequest, ServeError> {
         let message = infergate_proto::inference::ModelInferRequest::decode(message)

@@ -15,39 +15,52 @@ use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::numbers;
+use super::{numbers, onepass};
 use crate::core::{InferRequest, InferResponse, ParamValue, Parameters, Protocol};
 use crate::error::ServeError;
 use crate::repository::ModelVersion;
 
+/// An infer request's JSON as read, by `onepass` or by serde_json.
 #[derive(Deserialize)]
-struct JsonRequest<'a> {
+pub(super) struct JsonRequest<'a> {
     #[serde(default)]
-    id: Option<String>,
+    pub(super) id: Option<String>,
     #[serde(default)]
-    parameters: Option<HashMap<String, Value>>,
+    pub(super) parameters: Option<HashMap<String, Value>>,
     #[serde(borrow)]
-    inputs: Vec<JsonInput<'a>>,
+    pub(super) inputs: Vec<JsonInput<'a>>,
     #[serde(default)]
-    outputs: Option<Vec<JsonOutput>>,
+    pub(super) outputs: Option<Vec<JsonOutput>>,
 }
 
 #[derive(Deserialize)]
-struct JsonInput<'a> {
-    name: String,
-    shape: Vec<i64>,
-    datatype: String,
+pub(super) struct JsonInput<'a> {
+    pub(super) name: String,
+    pub(super) shape: Vec<i64>,
+    pub(super) datatype: String,
     #[serde(default)]
-    parameters: Option<HashMap<String, Value>>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    pub(super) parameters: Option<HashMap<String, Value>>,
+    #[serde(borrow, default, deserialize_with = "data_text")]
+    pub(super) data: Option<Data<'a>>,
+}
+
+/// An input's `data`: its JSON text, or (read by `onepass`) its numbers already decoded into
+/// little-endian values of the input's datatype.
+pub(super) enum Data<'a> {
+    Text(&'a str),
+    Decoded(BytesMut),
+}
+
+/// serde_json delimits `data` (checking its syntax) and leaves it to `json_tensor`.
+fn data_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Data<'de>>, D::Error> {
+    Ok(Option::<&'de RawValue>::deserialize(d)?.map(|raw| Data::Text(raw.get())))
 }
 
 #[derive(Deserialize)]
-struct JsonOutput {
-    name: String,
+pub(super) struct JsonOutput {
+    pub(super) name: String,
     #[serde(default)]
-    parameters: Option<HashMap<String, Value>>,
+    pub(super) parameters: Option<HashMap<String, Value>>,
 }
 
 /// How each output is to be returned: binary or JSON.
@@ -110,15 +123,41 @@ fn param_bool(params: &Parameters, key: &str) -> Option<bool> {
         })
 }
 
-/// Decodes a JSON header (and the binary tail that follows it, possibly empty).
+/// Decodes a JSON header (and the binary tail that follows it, possibly empty): in one pass
+/// where `onepass` reads it, through serde_json otherwise.
 pub fn decode(
     model: String,
     version: Option<String>,
     json: &[u8],
+    binary: Bytes,
+) -> Result<(InferRequest, OutputPrefs), ServeError> {
+    let parsed = match onepass::read(json) {
+        Some(parsed) => parsed,
+        None => serde_json::from_slice(json)
+            .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))?,
+    };
+    decode_parsed(model, version, parsed, binary)
+}
+
+/// [`decode`] through serde_json alone, the reference that `onepass` must agree with (for its
+/// tests and the `http_json` fuzz target).
+pub fn decode_serde(
+    model: String,
+    version: Option<String>,
+    json: &[u8],
+    binary: Bytes,
+) -> Result<(InferRequest, OutputPrefs), ServeError> {
+    let parsed = serde_json::from_slice(json)
+        .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))?;
+    decode_parsed(model, version, parsed, binary)
+}
+
+fn decode_parsed(
+    model: String,
+    version: Option<String>,
+    parsed: JsonRequest<'_>,
     mut binary: Bytes,
 ) -> Result<(InferRequest, OutputPrefs), ServeError> {
-    let parsed: JsonRequest<'_> = serde_json::from_slice(json)
-        .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))?;
     let mut req = InferRequest::new(model, version, Protocol::Http);
     req.id = parsed.id;
     req.parameters = parameters(parsed.parameters, "request")?;
@@ -262,35 +301,14 @@ fn json_tensor(
     name: &str,
     dtype: DataType,
     shape: Vec<i64>,
-    data: &RawValue,
+    data: Data<'_>,
 ) -> Result<Tensor, ServeError> {
     let count =
         element_count(&shape).map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
-    // Never trust the shape for allocation: the JSON text bounds the element count.
-    let hint = count.min(data.get().len() / 2 + 1);
-    let mut sink = match dtype.size() {
-        Some(size) => Sink::Fixed(BytesMut::with_capacity(hint.saturating_mul(size))),
-        None => Sink::Bytes(Vec::with_capacity(hint)),
+    let sink = match data {
+        Data::Decoded(bytes) => Sink::Fixed(bytes),
+        Data::Text(text) => text_tensor(name, dtype, count, text)?,
     };
-    let fast = match &mut sink {
-        Sink::Fixed(out) if numbers::handles(dtype) => {
-            let decoded = numbers::decode(data.get(), dtype, out).is_some();
-            if !decoded {
-                out.clear();
-            }
-            decoded
-        }
-        _ => false,
-    };
-    if !fast {
-        let mut de = serde_json::Deserializer::from_str(data.get());
-        Flat {
-            dtype,
-            sink: &mut sink,
-        }
-        .deserialize(&mut de)
-        .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
-    }
     let got = match &sink {
         Sink::Fixed(bytes) => bytes.len() / dtype.size().unwrap_or(1),
         Sink::Bytes(elements) => elements.len(),
@@ -305,6 +323,36 @@ fn json_tensor(
         Sink::Bytes(elements) => Tensor::from_elements(shape, elements),
     };
     tensor.map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))
+}
+
+/// The elements of `data`'s JSON text: through `numbers` where it can, through serde otherwise.
+fn text_tensor(name: &str, dtype: DataType, count: usize, text: &str) -> Result<Sink, ServeError> {
+    // Never trust the shape for allocation: the JSON text bounds the element count.
+    let hint = count.min(text.len() / 2 + 1);
+    let mut sink = match dtype.size() {
+        Some(size) => Sink::Fixed(BytesMut::with_capacity(hint.saturating_mul(size))),
+        None => Sink::Bytes(Vec::with_capacity(hint)),
+    };
+    let fast = match &mut sink {
+        Sink::Fixed(out) if numbers::handles(dtype) => {
+            let decoded = numbers::decode(text, dtype, out).is_some();
+            if !decoded {
+                out.clear();
+            }
+            decoded
+        }
+        _ => false,
+    };
+    if !fast {
+        let mut de = serde_json::Deserializer::from_str(text);
+        Flat {
+            dtype,
+            sink: &mut sink,
+        }
+        .deserialize(&mut de)
+        .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?;
+    }
+    Ok(sink)
 }
 
 /// Visits nested arrays depth-first, appending each scalar in row-major order.

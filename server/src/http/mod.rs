@@ -4,6 +4,7 @@ pub(crate) mod codec;
 mod infer;
 mod listen;
 mod numbers;
+mod onepass;
 
 pub(crate) use infer::variant_of;
 pub use listen::{ConnLimits, serve};

@@ -1,7 +1,8 @@
 //! The fast path for the common JSON tensor: `data` holding only numbers (flat or nested) for an
-//! FP32, FP64 or integer input. The text is already valid JSON (serde_json checked it while
-//! delimiting the value), so this only walks it: brackets, commas and whitespace are skipped,
-//! and each number is parsed from its own text straight into the input's type.
+//! FP32, FP64 or integer input. [`decode`] walks text that serde_json has already checked:
+//! brackets, commas and whitespace are skipped, and each number is parsed from its own text
+//! straight into the input's type. [`decode_value`] does the same for text nobody has checked
+//! yet (the one-pass reader in `onepass`), checking JSON's grammar as it goes.
 //!
 //! Visiting the numbers through serde instead parses every one as an `f64` with the exact
 //! algorithm that `float_roundtrip` asks for, even when the input is FP32: with this path the
@@ -51,14 +52,108 @@ pub(super) fn decode(text: &str, dtype: DataType, out: &mut BytesMut) -> Option<
             b',' | b' ' | b'\n' | b'\r' | b'\t' => i += 1,
             b'-' | b'0'..=b'9' => {
                 let (number, end) = Number::scan(bytes, i);
-                // Every byte from `i` to `end` is ASCII, so both are char boundaries.
-                push(&text[i..end], &number, dtype, out)?;
+                push(&bytes[i..end], &number, dtype, out)?;
                 i = end;
             }
             _ => return None,
         }
     }
     Some(())
+}
+
+/// The index of the first byte at or after `i` that is not JSON whitespace.
+pub(super) fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while matches!(bytes.get(i), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        i += 1;
+    }
+    i
+}
+
+/// The index just past the number that starts at `bytes[start]`, checked against JSON's
+/// grammar, `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`; `None` where the text breaks it.
+pub(super) fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
+    i = match bytes.get(i)? {
+        b'0' => i + 1,
+        b'1'..=b'9' => skip_digits(bytes, i + 1),
+        _ => return None,
+    };
+    if bytes.get(i) == Some(&b'.') {
+        let end = skip_digits(bytes, i + 1);
+        if end == i + 1 {
+            return None;
+        }
+        i = end;
+    }
+    if matches!(bytes.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(bytes.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        let end = skip_digits(bytes, i);
+        if end == i {
+            return None;
+        }
+        i = end;
+    }
+    Some(i)
+}
+
+/// [`decode`] for text that serde_json has not checked: appends every number of the JSON value
+/// that starts at `bytes[start]` (a number, or arrays of numbers nested) and returns the index
+/// just past it, checking the JSON grammar on the way. `None` (with `out` partly written) when
+/// the value holds anything [`decode`] declines or is not valid JSON.
+pub(super) fn decode_value(
+    bytes: &[u8],
+    start: usize,
+    dtype: DataType,
+    out: &mut BytesMut,
+) -> Option<usize> {
+    let (mut i, mut depth) = (start, 0);
+    loop {
+        // A value: an array opens (an empty one closes at once) or a number is read.
+        i = skip_ws(bytes, i);
+        match bytes.get(i)? {
+            b'[' => {
+                i = skip_ws(bytes, i + 1);
+                if bytes.get(i) != Some(&b']') {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    continue;
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let (number, end) = Number::scan(bytes, i);
+                if !number.valid {
+                    return None;
+                }
+                push(&bytes[i..end], &number, dtype, out)?;
+                i = end;
+            }
+            _ => return None,
+        }
+        // After a value: the arrays it ends close, then a comma asks for the next value.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            i = skip_ws(bytes, i);
+            match bytes.get(i)? {
+                b',' => {
+                    i += 1;
+                    break;
+                }
+                b']' => {
+                    i += 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+        }
+    }
 }
 
 /// A JSON number as read: `mantissa` × 10^`exponent`, from up to 19 significant digits.
@@ -71,28 +166,38 @@ struct Number {
     long: bool,
     /// Written without a fraction or an exponent: an integer literal.
     integral: bool,
+    /// The text read follows JSON's grammar (see [`number_end`]); text serde_json has checked
+    /// always does.
+    valid: bool,
 }
 
 impl Number {
-    /// Reads the number that starts at `bytes[start]` (a '-' or a digit, in text serde_json has
-    /// already checked) and returns it with the index just past it.
+    /// Reads the number that starts at `bytes[start]` (a '-' or a digit) and returns it with
+    /// the index just past it. The digits are classified and folded into the mantissa in the
+    /// same pass, eight at a time.
     fn scan(bytes: &[u8], start: usize) -> (Self, usize) {
         let negative = bytes[start] == b'-';
         let int_start = start + usize::from(negative);
-        let int_end = skip_digits(bytes, int_start);
-        let (fraction, mut i) = match bytes.get(int_end) {
+        let mut mantissa = 0;
+        let int_end = fold_run(bytes, int_start, &mut mantissa);
+        let int = &bytes[int_start..int_end];
+        // JSON writes at least one digit, and no leading zero but a lone "0".
+        let mut valid = !int.is_empty() && (int.len() == 1 || int[0] != b'0');
+        let (fraction_len, mut i) = match bytes.get(int_end) {
             Some(b'.') => {
-                let end = skip_digits(bytes, int_end + 1);
-                (&bytes[int_end + 1..end], end)
+                let end = fold_run(bytes, int_end + 1, &mut mantissa);
+                valid &= end > int_end + 1;
+                (end - int_end - 1, end)
             }
-            _ => (&[][..], int_end),
+            _ => (0, int_end),
         };
         let mut n = Number {
             negative,
-            mantissa: 0,
-            exponent: -(fraction.len() as i64),
+            mantissa,
+            exponent: -(fraction_len as i64),
             long: false,
-            integral: fraction.is_empty(),
+            integral: fraction_len == 0,
+            valid,
         };
         if matches!(bytes.get(i), Some(b'e' | b'E')) {
             n.integral = false;
@@ -101,32 +206,27 @@ impl Number {
             if matches!(bytes.get(i), Some(b'+' | b'-')) {
                 i += 1;
             }
-            let end = skip_digits(bytes, i);
-            let written = bytes[i..end].iter().fold(0i64, |e, d| {
-                e.saturating_mul(10).saturating_add(i64::from(d - b'0'))
-            });
-            n.long = written > 10_000;
+            let mut written = 0;
+            let end = fold_run(bytes, i, &mut written);
+            n.valid &= end > i;
+            // Past 18 digits the folded value may have wrapped.
+            n.long = end - i > 18 || written > 10_000;
+            let written = written.min(10_000) as i64;
             n.exponent += if negative { -written } else { written };
             i = end;
         }
-        // JSON writes no leading zeros but a lone "0", so only a fraction after "0." can start
-        // with digits that are not significant.
-        let int = &bytes[int_start..int_end];
-        let significant: &[&[u8]] = if int == b"0" {
-            let first = fraction
-                .iter()
-                .position(|&d| d != b'0')
-                .unwrap_or(fraction.len());
-            &[&fraction[first..]]
-        } else {
-            &[int, fraction]
-        };
-        if significant.iter().map(|d| d.len()).sum::<usize>() > 19 {
-            n.long = true;
-        } else {
-            n.mantissa = significant
-                .iter()
-                .fold(0, |m, digits| fold_digits(m, digits));
+        // Past 19 digits the mantissa may have wrapped, unless all but 19 are the zeros that
+        // follow "0." (which add nothing to it).
+        if int.len() + fraction_len > 19 {
+            let significant = if int == b"0" {
+                let fraction = &bytes[int_end + 1..int_end + 1 + fraction_len];
+                fraction_len - fraction.iter().take_while(|&&d| d == b'0').count()
+            } else {
+                int.len() + fraction_len
+            };
+            if significant > 19 {
+                n.long = true;
+            }
         }
         (n, i)
     }
@@ -191,19 +291,72 @@ impl Number {
     }
 }
 
-/// The index of the first byte at or after `i` that is not an ASCII digit: eight bytes at a
-/// time while all eight are digits, then one by one.
+/// How many of the eight bytes of `word` (little-endian, so the first byte is the lowest),
+/// counted from the first, are ASCII digits before one that is not; and the word with '0'
+/// taken from every byte.
+fn leading_digits(word: u64) -> (usize, u64) {
+    let x = word ^ 0x3030_3030_3030_3030;
+    // A byte is a digit when, with '0' taken away, it is below 10: adding 0x76 to its low
+    // seven bits leaves the high bit clear, and its own high bit is clear.
+    let not_digit =
+        (((x & 0x7f7f_7f7f_7f7f_7f7f) + 0x7676_7676_7676_7676) | x) & 0x8080_8080_8080_8080;
+    ((not_digit.trailing_zeros() / 8) as usize, x)
+}
+
+/// The value of eight decimal digits, one a byte with '0' already taken away, the first in the
+/// lowest byte: pairs, then quadruples, then all eight, with SWAR arithmetic on one word.
+fn eight_digits(mut v: u64) -> u64 {
+    v = v.wrapping_mul(10) + (v >> 8);
+    ((v & 0x0000_00ff_0000_00ff).wrapping_mul(100 + (1_000_000 << 32))
+        + ((v >> 16) & 0x0000_00ff_0000_00ff).wrapping_mul(1 + (10_000 << 32)))
+        >> 32
+}
+
+const POWERS_OF_TEN: [u64; 9] = [
+    1,
+    10,
+    100,
+    1_000,
+    10_000,
+    100_000,
+    1_000_000,
+    10_000_000,
+    100_000_000,
+];
+
+/// Reads the run of ASCII digits that starts at `bytes[i]`, appending them to `m` (which wraps
+/// past 19 digits), and returns the index just past the run. Eight bytes at a time: the digits
+/// that lead a word are found and folded in one step.
+fn fold_run(bytes: &[u8], mut i: usize, m: &mut u64) -> usize {
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let (k, x) = leading_digits(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+        if k == 0 {
+            return i;
+        }
+        // Shifting the k digits to the top of the word leaves zeros, leading digits, below.
+        *m = m
+            .wrapping_mul(POWERS_OF_TEN[k])
+            .wrapping_add(eight_digits(x << (8 * (8 - k))));
+        i += k;
+        if k < 8 {
+            return i;
+        }
+    }
+    while let Some(&d) = bytes.get(i).filter(|d| d.is_ascii_digit()) {
+        *m = m.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+        i += 1;
+    }
+    i
+}
+
+/// The index of the first byte at or after `i` that is not an ASCII digit.
 fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
     while let Some(chunk) = bytes.get(i..i + 8) {
-        let v = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
-        // Each byte is a digit when its high nibble is 3, and still 3 after adding 6.
-        let all_digits = (v & 0xf0f0_f0f0_f0f0_f0f0)
-            | (((v.wrapping_add(0x0606_0606_0606_0606)) & 0xf0f0_f0f0_f0f0_f0f0) >> 4)
-            == 0x3333_3333_3333_3333;
-        if !all_digits {
-            break;
+        let (k, _) = leading_digits(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
+        i += k;
+        if k < 8 {
+            return i;
         }
-        i += 8;
     }
     while bytes.get(i).is_some_and(u8::is_ascii_digit) {
         i += 1;
@@ -211,48 +364,31 @@ fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// `m` followed by the decimal `digits` (ASCII, at most 19 in all): eight at a time with SWAR
-/// arithmetic on one 64-bit word, then one by one.
-fn fold_digits(mut m: u64, digits: &[u8]) -> u64 {
-    let mut chunks = digits.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut v =
-            u64::from_le_bytes(chunk.try_into().unwrap_or_default()) - 0x3030_3030_3030_3030;
-        // Pairs of digits, then quadruples, then all eight (in the low 32 bits after the shift).
-        v = v.wrapping_mul(10) + (v >> 8);
-        v = ((v & 0x0000_00ff_0000_00ff).wrapping_mul(100 + (1_000_000 << 32))
-            + ((v >> 16) & 0x0000_00ff_0000_00ff).wrapping_mul(1 + (10_000 << 32)))
-            >> 32;
-        m = m * 100_000_000 + v;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .fold(m, |m, d| m * 10 + u64::from(d - b'0'))
-}
-
 /// Appends one number; the cheap conversions where they are exact, the standard library's
 /// (correctly rounded, slower) otherwise.
-fn push(text: &str, number: &Number, dtype: DataType, out: &mut BytesMut) -> Option<()> {
+#[inline]
+fn push(text: &[u8], number: &Number, dtype: DataType, out: &mut BytesMut) -> Option<()> {
+    // Only the slower conversions read the text, which is ASCII (JSON's grammar).
+    let text = || std::str::from_utf8(text).ok();
     match dtype {
         DataType::Fp32 => {
             let v = match number.to_f32() {
                 Some(v) => v,
-                None => text.parse::<f32>().ok().filter(|v| v.is_finite())?,
+                None => text()?.parse::<f32>().ok().filter(|v| v.is_finite())?,
             };
             out.extend_from_slice(&v.to_le_bytes());
         }
         DataType::Fp64 => {
             let v = match number.to_f64() {
                 Some(v) => v,
-                None => text.parse::<f64>().ok().filter(|v| v.is_finite())?,
+                None => text()?.parse::<f64>().ok().filter(|v| v.is_finite())?,
             };
             out.extend_from_slice(&v.to_le_bytes());
         }
         // An integer literal of up to 19 digits is its mantissa exactly.
         dtype if number.integral => {
             let v = if number.long {
-                text.parse::<i128>().ok()?
+                text()?.parse::<i128>().ok()?
             } else {
                 let m = i128::from(number.mantissa);
                 if number.negative { -m } else { m }
@@ -315,19 +451,33 @@ mod tests {
     #[test]
     fn eight_digits_at_a_time_match_one_at_a_time() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..100_000 {
+        for _ in 0..10_000 {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             let text = format!("{:019}", state % 10_000_000_000_000_000_000);
-            for len in [8, 9, 16, 17, 19] {
-                let digits = &text.as_bytes()[..len];
-                assert_eq!(
-                    fold_digits(0, digits),
-                    text[..len].parse::<u64>().unwrap(),
-                    "{text}"
-                );
+            for len in 0..=19 {
+                // The run ends at the text's end, or at a byte that is not a digit, with more
+                // text after it in the same eight-byte word or not.
+                for end in ["", ",", ".5e1234", "]]]]]]]]"] {
+                    let run = format!("{}{end}", &text[..len]);
+                    let mut m = 0;
+                    assert_eq!(fold_run(run.as_bytes(), 0, &mut m), len, "{run}");
+                    assert_eq!(skip_digits(run.as_bytes(), 0), len, "{run}");
+                    let want = if len == 0 {
+                        0
+                    } else {
+                        text[..len].parse::<u64>().unwrap()
+                    };
+                    assert_eq!(m, want, "{run}");
+                }
             }
+        }
+        // Bytes next to the digits in ASCII, and above it, are not digits.
+        for b in [b'/', b':', b'\x80', b'\xb0', b'\xff', 0] {
+            let text = [b'1', b'2', b, b'3', b'4', b'5', b'6', b'7', b'8'];
+            assert_eq!(skip_digits(&text, 0), 2);
+            assert_eq!(fold_run(&text, 0, &mut 0), 2);
         }
     }
 
