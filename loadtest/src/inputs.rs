@@ -18,6 +18,21 @@ pub struct Prepared {
     pub requests: Vec<Request>,
 }
 
+/// A JSON infer body with its members in the order Triton's and KServe's clients write them
+/// (name, shape, datatype, data), not sorted as a `serde_json::Value` would have them.
+#[derive(serde::Serialize)]
+struct JsonBody<'a> {
+    inputs: Vec<JsonInput<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct JsonInput<'a> {
+    name: &'a str,
+    shape: &'a [i64],
+    datatype: &'a str,
+    data: &'a Value,
+}
+
 struct InputSpec {
     name: String,
     datatype: String,
@@ -247,14 +262,19 @@ fn build(
     }
     Ok(match protocol {
         Protocol::HttpJson => {
-            let inputs: Vec<Value> = specs
+            let inputs: Vec<JsonInput<'_>> = specs
                 .iter()
                 .zip(&tensors)
-                .map(|(s, (_, values))| json!({"name": s.name, "shape": s.shape, "datatype": s.datatype, "data": values}))
+                .map(|(s, (_, data))| JsonInput {
+                    name: &s.name,
+                    shape: &s.shape,
+                    datatype: &s.datatype,
+                    data,
+                })
                 .collect();
             Request::Http {
                 path: Arc::clone(path),
-                body: Bytes::from(serde_json::to_vec(&json!({"inputs": inputs}))?),
+                body: Bytes::from(serde_json::to_vec(&JsonBody { inputs })?),
                 header_len: None,
             }
         }
