@@ -4,27 +4,15 @@
 //! serde_json's reading fails.
 #![no_main]
 
-use infergate_server::core::InferRequest;
+use infergate_server::decode::summary;
 use libfuzzer_sys::fuzz_target;
-
-/// What a decoded request comes to, parameters sorted (they come from a map).
-fn outcome(req: &InferRequest) -> String {
-    let mut parameters = req.parameters.clone();
-    parameters.sort_by(|a, b| a.0.cmp(&b.0));
-    let inputs: Vec<_> = req
-        .inputs
-        .iter()
-        .map(|i| format!("{} {:?}", i.name, i.tensor))
-        .collect();
-    format!("{:?} {parameters:?} {inputs:?} {:?}", req.id, req.outputs)
-}
 
 fuzz_target!(|data: &[u8]| {
     let decoded = infergate_server::decode::http(data, bytes::Bytes::new());
     let reference = infergate_server::decode::http_serde(data, bytes::Bytes::new());
     assert_eq!(
-        decoded.as_ref().map(outcome).ok(),
-        reference.as_ref().map(outcome).ok(),
+        decoded.as_ref().map(summary).ok(),
+        reference.as_ref().map(summary).ok(),
         "{}",
         String::from_utf8_lossy(data)
     );

@@ -46,6 +46,19 @@ pub mod decode {
         Ok(req)
     }
 
+    /// What a decoded request comes to, for comparing two decoders: its id, parameters (sorted:
+    /// they come from a map), inputs (name, datatype, shape and bytes) and requested outputs.
+    pub fn summary(req: &InferRequest) -> String {
+        let mut parameters = req.parameters.clone();
+        parameters.sort_by(|a, b| a.0.cmp(&b.0));
+        let inputs: Vec<_> = req
+            .inputs
+            .iter()
+            .map(|i| format!("{} {:?}", i.name, i.tensor))
+            .collect();
+        format!("{:?} {parameters:?} {inputs:?} {:?}", req.id, req.outputs)
+    }
+
     /// A serialized gRPC `ModelInferRequest`.
     pub fn grpc(message: &[u8]) -> Result<InferRequest, ServeError> {
         let message = infergate_proto::inference::ModelInferRequest::decode(message)

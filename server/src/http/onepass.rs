@@ -278,9 +278,8 @@ mod tests {
     use super::read;
     use crate::http::codec::{decode, decode_serde};
 
-    /// What a decoded body comes to, for comparing the two readers: the request's id, sorted
-    /// parameters, inputs (name, datatype, shape and bytes), outputs and output preferences; or
-    /// that it failed.
+    /// What a decoded body comes to (`decode::summary`, and the output preferences), or the
+    /// error it failed with.
     fn outcome(json: &[u8], serde_only: bool) -> Result<String, String> {
         let decoded = if serde_only {
             decode_serde("m".into(), None, json, Bytes::new())
@@ -288,17 +287,7 @@ mod tests {
             decode("m".into(), None, json, Bytes::new())
         };
         let (req, prefs) = decoded.map_err(|e| e.to_string())?;
-        let mut parameters = req.parameters.clone();
-        parameters.sort_by(|a, b| a.0.cmp(&b.0));
-        let inputs: Vec<_> = req
-            .inputs
-            .iter()
-            .map(|i| format!("{} {:?}", i.name, i.tensor))
-            .collect();
-        Ok(format!(
-            "{:?} {parameters:?} {inputs:?} {:?} {prefs:?}",
-            req.id, req.outputs
-        ))
+        Ok(format!("{} {prefs:?}", crate::decode::summary(&req)))
     }
 
     /// `json`, a valid request, is read in one pass, to what serde_json reads it as.
