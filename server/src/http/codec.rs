@@ -133,8 +133,7 @@ pub fn decode(
 ) -> Result<(InferRequest, OutputPrefs), ServeError> {
     let parsed = match onepass::read(json) {
         Some(parsed) => parsed,
-        None => serde_json::from_slice(json)
-            .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))?,
+        None => serde_read(json)?,
     };
     decode_parsed(model, version, parsed, binary)
 }
@@ -147,9 +146,12 @@ pub fn decode_serde(
     json: &[u8],
     binary: Bytes,
 ) -> Result<(InferRequest, OutputPrefs), ServeError> {
-    let parsed = serde_json::from_slice(json)
-        .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))?;
-    decode_parsed(model, version, parsed, binary)
+    decode_parsed(model, version, serde_read(json)?, binary)
+}
+
+fn serde_read(json: &[u8]) -> Result<JsonRequest<'_>, ServeError> {
+    serde_json::from_slice(json)
+        .map_err(|e| ServeError::invalid(format!("malformed request JSON: {e}")))
 }
 
 fn decode_parsed(

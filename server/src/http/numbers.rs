@@ -1,8 +1,8 @@
 //! The fast path for the common JSON tensor: `data` holding only numbers (flat or nested) for an
-//! FP32, FP64 or integer input. [`decode`] walks text that serde_json has already checked:
-//! brackets, commas and whitespace are skipped, and each number is parsed from its own text
-//! straight into the input's type. [`decode_value`] does the same for text nobody has checked
-//! yet (the one-pass reader in `onepass`), checking JSON's grammar as it goes.
+//! FP32, FP64 or integer input. The value is walked once: brackets, commas and whitespace are
+//! stepped over, JSON's grammar is checked on the way (so the text need not have been checked
+//! before, as in the one-pass reader, `onepass`), and each number is parsed from its own text
+//! straight into the input's type.
 //!
 //! Visiting the numbers through serde instead parses every one as an `f64` with the exact
 //! algorithm that `float_roundtrip` asks for, even when the input is FP32: with this path the
@@ -30,35 +30,12 @@ pub(super) fn handles(dtype: DataType) -> bool {
 }
 
 /// Appends every number of `text`, in order, as little-endian `dtype` values; `None` (with
-/// `out` partly written) when the text holds anything this path declines.
+/// `out` partly written) when the text holds anything this path declines, or more than one
+/// JSON value.
 pub(super) fn decode(text: &str, dtype: DataType, out: &mut BytesMut) -> Option<()> {
     let bytes = text.as_bytes();
-    let (mut i, mut depth) = (0, 0);
-    while let Some(&b) = bytes.get(i) {
-        match b {
-            b'[' => {
-                depth += 1;
-                // serde_json refuses nesting beyond its recursion limit; so does this path, by
-                // declining.
-                if depth > MAX_DEPTH {
-                    return None;
-                }
-                i += 1;
-            }
-            b']' => {
-                depth = depth.saturating_sub(1);
-                i += 1;
-            }
-            b',' | b' ' | b'\n' | b'\r' | b'\t' => i += 1,
-            b'-' | b'0'..=b'9' => {
-                let (number, end) = Number::scan(bytes, i);
-                push(&bytes[i..end], &number, dtype, out)?;
-                i = end;
-            }
-            _ => return None,
-        }
-    }
-    Some(())
+    let end = decode_value(bytes, 0, dtype, out)?;
+    (skip_ws(bytes, end) == bytes.len()).then_some(())
 }
 
 /// The index of the first byte at or after `i` that is not JSON whitespace.
@@ -69,39 +46,16 @@ pub(super) fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// The index just past the number that starts at `bytes[start]`, checked against JSON's
-/// grammar, `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`; `None` where the text breaks it.
+/// The index just past the number that starts at `bytes[start]` (which must exist), checked
+/// against JSON's grammar (see [`Number::scan`]); `None` where the text breaks it.
 pub(super) fn number_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let mut i = start + usize::from(bytes.get(start) == Some(&b'-'));
-    i = match bytes.get(i)? {
-        b'0' => i + 1,
-        b'1'..=b'9' => skip_digits(bytes, i + 1),
-        _ => return None,
-    };
-    if bytes.get(i) == Some(&b'.') {
-        let end = skip_digits(bytes, i + 1);
-        if end == i + 1 {
-            return None;
-        }
-        i = end;
-    }
-    if matches!(bytes.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(bytes.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        let end = skip_digits(bytes, i);
-        if end == i {
-            return None;
-        }
-        i = end;
-    }
-    Some(i)
+    let (number, end) = Number::scan(bytes, start);
+    number.valid.then_some(end)
 }
 
-/// [`decode`] for text that serde_json has not checked: appends every number of the JSON value
-/// that starts at `bytes[start]` (a number, or arrays of numbers nested) and returns the index
-/// just past it, checking the JSON grammar on the way. `None` (with `out` partly written) when
+/// Appends every number of the JSON value that starts at `bytes[start]` (a number, or arrays of
+/// numbers nested) and returns the index just past it, checking JSON's grammar on the way, so
+/// the text need not have been checked before. `None` (with `out` partly written) when
 /// the value holds anything [`decode`] declines or is not valid JSON.
 pub(super) fn decode_value(
     bytes: &[u8],
@@ -166,8 +120,7 @@ struct Number {
     long: bool,
     /// Written without a fraction or an exponent: an integer literal.
     integral: bool,
-    /// The text read follows JSON's grammar (see [`number_end`]); text serde_json has checked
-    /// always does.
+    /// The text read follows JSON's grammar, `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`.
     valid: bool,
 }
 
@@ -349,21 +302,6 @@ fn fold_run(bytes: &[u8], mut i: usize, m: &mut u64) -> usize {
     i
 }
 
-/// The index of the first byte at or after `i` that is not an ASCII digit.
-fn skip_digits(bytes: &[u8], mut i: usize) -> usize {
-    while let Some(chunk) = bytes.get(i..i + 8) {
-        let (k, _) = leading_digits(u64::from_le_bytes(chunk.try_into().unwrap_or_default()));
-        i += k;
-        if k < 8 {
-            return i;
-        }
-    }
-    while bytes.get(i).is_some_and(u8::is_ascii_digit) {
-        i += 1;
-    }
-    i
-}
-
 /// Appends one number; the cheap conversions where they are exact, the standard library's
 /// (correctly rounded, slower) otherwise.
 #[inline]
@@ -463,7 +401,6 @@ mod tests {
                     let run = format!("{}{end}", &text[..len]);
                     let mut m = 0;
                     assert_eq!(fold_run(run.as_bytes(), 0, &mut m), len, "{run}");
-                    assert_eq!(skip_digits(run.as_bytes(), 0), len, "{run}");
                     let want = if len == 0 {
                         0
                     } else {
@@ -476,7 +413,6 @@ mod tests {
         // Bytes next to the digits in ASCII, and above it, are not digits.
         for b in [b'/', b':', b'\x80', b'\xb0', b'\xff', 0] {
             let text = [b'1', b'2', b, b'3', b'4', b'5', b'6', b'7', b'8'];
-            assert_eq!(skip_digits(&text, 0), 2);
             assert_eq!(fold_run(&text, 0, &mut 0), 2);
         }
     }
