@@ -8,8 +8,8 @@
 //! This reader only accepts what serde_json's reading of the same text would, and produces the
 //! same request. Anything it does not handle is declined with `None` and the whole body goes to
 //! serde_json, which also words every error: escapes in strings, `null` where a value may be
-//! absent, duplicate keys, nesting deeper than `MAX_DEPTH`, data that `numbers` declines,
-//! and any text that is not valid JSON. `parameters` objects are delimited here and handed to
+//! absent, duplicate keys, nesting deeper than `MAX_DEPTH`, `data` before its `datatype`,
+//! data that `numbers` declines, and any text that is not valid JSON. `parameters` objects are delimited here and handed to
 //! serde_json on their own, since their values are arbitrary JSON.
 
 use std::collections::HashMap;
@@ -230,16 +230,16 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// An input's `data`: its numbers decoded now when the datatype is already known and
-    /// `numbers` handles it, otherwise its text, for `codec` to decode.
+    /// An input's `data`: its numbers decoded now when `numbers` handles the datatype, otherwise
+    /// its text, for `codec` to decode. Declined before the datatype: delimiting `data` here and
+    /// decoding it later is a second pass, which costs more than serde_json's (`json_decode`:
+    /// 1.5 times serde_json alone).
     fn data(&mut self, datatype: Option<&str>, shape: Option<&[i64]>) -> Option<Data<'a>> {
         if self.peek()? == b'n' {
             return None;
         }
-        let Some(dtype) = datatype
-            .and_then(DataType::parse)
-            .filter(|&d| numbers::handles(d))
-        else {
+        let datatype = DataType::parse(datatype?);
+        let Some(dtype) = datatype.filter(|&d| numbers::handles(d)) else {
             return Some(Data::Text(self.raw()?));
         };
         // Never trust the shape for allocation: the text left bounds the element count.
@@ -306,8 +306,8 @@ mod tests {
         for json in [
             // Triton's and KServe's clients: datatype before data.
             r#"{"inputs":[{"name":"input","shape":[1,3],"datatype":"FP32","data":[1.5,-2,3e-1]}]}"#,
-            // serde_json's own order (keys sorted): data first, read as text.
-            r#"{"inputs":[{"data":[[1,2],[3,4]],"datatype":"INT32","name":"x","shape":[2,2]}]}"#,
+            // Nested data, shape last.
+            r#"{"inputs":[{"name":"x","datatype":"INT32","data":[[1,2],[3,4]],"shape":[2,2]}]}"#,
             // Everything optional, whitespace everywhere, keys nobody reads.
             " {\n \"id\" : \"r-1\" , \"parameters\" : {\"binary_data_output\": false, \"n\": 3},\n\
              \"inputs\" : [ { \"name\" : \"a\" , \"shape\" : [ 2 ] , \"datatype\" : \"FP64\" ,\
@@ -344,6 +344,8 @@ mod tests {
             r#"{"inputs":[{"name":"x","shape":[9223372036854775808],"datatype":"FP32","data":[1]}]}"#,
             // Data `numbers` declines, after the datatype and before it.
             r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["1"]}]}"#,
+            // Data before its datatype (serde_json's own key order): serde_json reads it faster.
+            r#"{"inputs":[{"data":[[1,2],[3,4]],"datatype":"INT32","name":"x","shape":[2,2]}]}"#,
             r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e39]}]}"#,
             // Not JSON, or not all of it.
             r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,]}]}"#,
@@ -370,7 +372,8 @@ mod tests {
         assert!(read(deep.as_bytes()).is_none());
     }
 
-    /// A request as a client might write it: members in any order, any whitespace.
+    /// A request as a client might write it: members in any order but `datatype` before
+    /// `data`, any whitespace.
     fn request() -> impl Strategy<Value = String> {
         let ws = prop::sample::select(vec!["", " ", "\n  ", "\t"]);
         let input = (
@@ -425,6 +428,13 @@ mod tests {
                         let last = members.len() - 1;
                         for (i, &j) in order.iter().enumerate() {
                             members.swap(i, j.min(last));
+                        }
+                        // The reader declines data before its datatype.
+                        let at = |key: &str| members.iter().position(|m| m.starts_with(key));
+                        if let (Some(d), Some(t)) = (at("\"data\""), at("\"datatype\""))
+                            && d < t
+                        {
+                            members.swap(d, t);
                         }
                         format!("{{{ws}{}{ws}}}", members.join(&format!(",{ws}")))
                     })
