@@ -2,6 +2,10 @@
 # Runs a command beside a real PostgreSQL server and an S3-compatible server (s3s-fs), both on
 # loopback, for the scale-out registry tests; both are stopped when the command ends.
 #   REGISTRY_TEST_POSTGRES   postgres://infergate@127.0.0.1:PORT (a superuser; tests create databases)
+#   REGISTRY_TEST_POSTGRES_TLS  a folder with ca.pem (the CA of the server's certificate, which
+#                            names only localhost), other-ca.pem (an unrelated CA), and
+#                            client.pem + client.key (role infergate_cert, which may only log
+#                            in over TLS with that certificate)
 #   REGISTRY_TEST_S3_*       ENDPOINT, BUCKET, ACCESS_KEY, SECRET_KEY
 # PostgreSQL comes from Debian's `postgresql` package, s3s-fs from crates.io (`make services`).
 set -euo pipefail
@@ -26,9 +30,38 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# TLS for the registry's TLS tests: a throwaway CA, the server's certificate for "localhost"
+# (not for 127.0.0.1, so that verify-full has a name to refuse), a client certificate.
+TLS=$WORK/tls
+mkdir -p "$TLS"
+ca() {  # ca NAME: a self-signed CA, NAME.pem and NAME.key
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj "/CN=infergate test $1" -addext "basicConstraints=critical,CA:TRUE" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$TLS/$1.key" -out "$TLS/$1.pem" 2>/dev/null
+}
+leaf() {  # leaf NAME CN EXTENSIONS: NAME.pem and NAME.key signed by ca
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$2" \
+    -keyout "$TLS/$1.key" -out "$TLS/$1.csr" 2>/dev/null
+  printf 'basicConstraints=CA:FALSE\n%s\n' "$3" > "$TLS/$1.ext"
+  openssl x509 -req -in "$TLS/$1.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+    -days 2 -extfile "$TLS/$1.ext" -out "$TLS/$1.pem" 2>/dev/null
+}
+ca ca
+ca other-ca
+leaf server localhost "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth"
+leaf client infergate_cert "extendedKeyUsage=clientAuth"
+chmod 600 "$TLS"/*.key
+if [ ${#AS[@]} -gt 0 ]; then chown -R postgres "$TLS"; fi
+
 "${AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg" -U infergate --auth=trust --no-sync >/dev/null
+# The certificate-only role: over TLS with a client certificate, refused otherwise (first match).
+{ printf 'hostssl all infergate_cert 127.0.0.1/32 cert\nhost all infergate_cert 127.0.0.1/32 reject\n'
+  cat "$WORK/pg/pg_hba.conf"; } > "$WORK/pg_hba.conf"
+"${AS[@]}" cp "$WORK/pg_hba.conf" "$WORK/pg/pg_hba.conf"
 "${AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w \
-  -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $WORK -c fsync=off" start >/dev/null
+  -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $WORK -c fsync=off -c ssl=on -c ssl_cert_file=$TLS/server.pem -c ssl_key_file=$TLS/server.key -c ssl_ca_file=$TLS/ca.pem" start >/dev/null
+"${AS[@]}" "$PG_BIN/psql" -q -h "$WORK" -p "$PG_PORT" -U infergate -d postgres -c "CREATE ROLE infergate_cert LOGIN" >/dev/null
 
 mkdir -p "$WORK/s3/infergate"
 "$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key infergate-test --secret-key infergate-test-secret \
@@ -40,6 +73,7 @@ for _ in $(seq 100); do
 done
 
 export REGISTRY_TEST_POSTGRES="postgres://infergate@127.0.0.1:$PG_PORT"
+export REGISTRY_TEST_POSTGRES_TLS="$TLS"
 export REGISTRY_TEST_S3_ENDPOINT="http://127.0.0.1:$S3_PORT"
 export REGISTRY_TEST_S3_BUCKET=infergate
 export REGISTRY_TEST_S3_ACCESS_KEY=infergate-test

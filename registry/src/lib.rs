@@ -8,6 +8,7 @@ pub mod inspect;
 mod object;
 pub mod onnx;
 mod pg;
+mod pg_tls;
 mod registry;
 mod sql;
 mod store;
