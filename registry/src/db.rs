@@ -1,56 +1,13 @@
-//! The metadata queries, the same on both engines, and the SQLite file's schema and connection
-//! settings (PostgreSQL's are in `pg.rs`).
+//! The metadata queries, the same on both engines, and the SQLite file's connection settings
+//! (PostgreSQL's are in `pg.rs`; the schema, in `sql.rs`, is both engines').
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::sql::{Conn, params};
+use crate::sql::{Conn, SCHEMA_VERSION, params, schema};
 use crate::{AuditEntry, GateRules, RegistryError, Result, VersionRecord};
-
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS models (
-    name        TEXT PRIMARY KEY,
-    gate        TEXT,
-    created_at  INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    model       TEXT NOT NULL REFERENCES models(name),
-    version     INTEGER NOT NULL,
-    record      TEXT NOT NULL,
-    created_at  INTEGER NOT NULL,
-    PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    model       TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    kind        TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    size        INTEGER NOT NULL,
-    PRIMARY KEY (model, version, kind),
-    FOREIGN KEY (model, version) REFERENCES versions(model, version)
-);
-CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
-CREATE TABLE IF NOT EXISTS aliases (
-    model       TEXT NOT NULL,
-    alias       TEXT NOT NULL,
-    version     INTEGER NOT NULL,
-    updated_at  INTEGER NOT NULL,
-    PRIMARY KEY (model, alias),
-    FOREIGN KEY (model, version) REFERENCES versions(model, version)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    at          INTEGER NOT NULL,
-    actor       TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    detail      TEXT NOT NULL
-);
-";
 
 /// Opens (creating if needed) the database: WAL so readers never block the writer, a busy
 /// timeout so concurrent writers (other processes included) wait instead of failing, and
@@ -75,7 +32,8 @@ pub(crate) fn open_sqlite(path: &Path) -> Result<Connection> {
     if version < SCHEMA_VERSION {
         retry_busy(|| {
             conn.execute_batch(&format!(
-                "BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                "BEGIN IMMEDIATE; {} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+                schema("INTEGER PRIMARY KEY AUTOINCREMENT")
             ))
         })?;
     }

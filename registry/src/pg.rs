@@ -1,57 +1,19 @@
-//! PostgreSQL metadata: the connection, its schema, and value conversion for [`crate::sql`].
+//! PostgreSQL metadata: the connection, where the schema version is kept, and value conversion
+//! for [`crate::sql`].
 
 use postgres::types::{ToSql, Type};
 
-use crate::sql::{Row, Value};
+use crate::sql::{Row, SCHEMA_VERSION, Value, schema};
 use crate::{RegistryError, Result};
 
 /// The advisory lock every write transaction holds ("infergate" in ASCII, as a number).
 pub(crate) const WRITE_LOCK: i64 = 0x696e_6665_7267_6174;
 
-const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA: &str = "
+/// The schema version, where SQLite keeps it in `user_version`.
+const META: &str = "
 CREATE TABLE IF NOT EXISTS registry_meta (
     key         TEXT PRIMARY KEY,
     value       BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS models (
-    name        TEXT PRIMARY KEY,
-    gate        TEXT,
-    created_at  BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS versions (
-    model       TEXT NOT NULL REFERENCES models(name),
-    version     BIGINT NOT NULL,
-    record      TEXT NOT NULL,
-    created_at  BIGINT NOT NULL,
-    PRIMARY KEY (model, version)
-);
-CREATE TABLE IF NOT EXISTS artifacts (
-    model       TEXT NOT NULL,
-    version     BIGINT NOT NULL,
-    kind        TEXT NOT NULL,
-    digest      TEXT NOT NULL,
-    size        BIGINT NOT NULL,
-    PRIMARY KEY (model, version, kind),
-    FOREIGN KEY (model, version) REFERENCES versions(model, version)
-);
-CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
-CREATE TABLE IF NOT EXISTS aliases (
-    model       TEXT NOT NULL,
-    alias       TEXT NOT NULL,
-    version     BIGINT NOT NULL,
-    updated_at  BIGINT NOT NULL,
-    PRIMARY KEY (model, alias),
-    FOREIGN KEY (model, version) REFERENCES versions(model, version)
-);
-CREATE TABLE IF NOT EXISTS audit (
-    id          BIGSERIAL PRIMARY KEY,
-    at          BIGINT NOT NULL,
-    actor       TEXT NOT NULL,
-    action      TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    detail      TEXT NOT NULL
 );
 ";
 
@@ -88,7 +50,8 @@ impl PgConn {
         conn.run(|client| {
             let mut tx = client.transaction()?;
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
-            tx.batch_execute(SCHEMA)?;
+            tx.batch_execute(META)?;
+            tx.batch_execute(&schema("BIGSERIAL PRIMARY KEY"))?;
             let found: Option<i64> = tx
                 .query_opt(
                     "SELECT value FROM registry_meta WHERE key = 'schema_version'",

@@ -12,6 +12,58 @@ use rusqlite::TransactionBehavior;
 
 use crate::{RegistryError, Result};
 
+/// The version of [`schema`], which a newer build may raise; an older build refuses a newer
+/// database.
+pub(crate) const SCHEMA_VERSION: i64 = 1;
+
+/// The metadata tables, written once for both engines. Integers are `BIGINT`, to which SQLite
+/// gives integer affinity as to `INTEGER`; `audit_id` is each engine's auto-numbered key, since
+/// only `INTEGER PRIMARY KEY` is SQLite's row id.
+pub(crate) fn schema(audit_id: &str) -> String {
+    format!(
+        "
+CREATE TABLE IF NOT EXISTS models (
+    name        TEXT PRIMARY KEY,
+    gate        TEXT,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    model       TEXT NOT NULL REFERENCES models(name),
+    version     BIGINT NOT NULL,
+    record      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (model, version)
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    model       TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    kind        TEXT NOT NULL,
+    digest      TEXT NOT NULL,
+    size        BIGINT NOT NULL,
+    PRIMARY KEY (model, version, kind),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE INDEX IF NOT EXISTS artifacts_digest ON artifacts(digest);
+CREATE TABLE IF NOT EXISTS aliases (
+    model       TEXT NOT NULL,
+    alias       TEXT NOT NULL,
+    version     BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL,
+    PRIMARY KEY (model, alias),
+    FOREIGN KEY (model, version) REFERENCES versions(model, version)
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id          {audit_id},
+    at          BIGINT NOT NULL,
+    actor       TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    detail      TEXT NOT NULL
+);
+"
+    )
+}
+
 /// A parameter or a column value.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Value {
