@@ -1,6 +1,6 @@
 //! Logging: the `tracing` subscriber (text or JSON on stderr) with a filter that the admin API
-//! can change while the server runs (`GET`/`PUT /admin/log-level`). A JSON line logged inside
-//! a traced request carries its `trace_id` and `span_id`.
+//! can change while the server runs (`GET`/`PUT /admin/log-level`). A line logged inside a
+//! traced request, JSON or text, carries its `trace_id` and `span_id`.
 //!
 //! Spans are for traces, not for logs: the log layer sees events only. Formatting every
 //! request span's fields into text for a log line that is almost never written cost the
@@ -63,35 +63,51 @@ impl LogControl {
     }
 }
 
-/// tracing-subscriber's JSON lines with the current span's name and, when OpenTelemetry
-/// records the span, its trace and span ids added, so logs and traces join on `trace_id`.
+/// tracing-subscriber's log lines, JSON or text, with the current span's name and, when
+/// OpenTelemetry records the span, its trace and span ids added, so logs and traces join on
+/// `trace_id`. JSON lines get `"span":{"name":…},"trace_id":…,"span_id":…` members; text lines
+/// end in `span=… trace_id=… span_id=…`.
 ///
 /// The log layer does not see spans (see the module's notes), so the current span is the
 /// dispatcher's, and the ids live with the OpenTelemetry layer, which answers through the
 /// dispatcher too; inside an event the current dispatcher cannot be asked for (tracing guards
 /// against re-entry), so the formatter is told its own with [`Binder::bind`].
-pub struct JsonWithTraceIds {
-    format: Format<Json>,
+pub struct WithTraceIds<F> {
+    format: F,
+    json: bool,
     dispatch: Arc<OnceLock<tracing::dispatcher::WeakDispatch>>,
 }
 
-impl Default for JsonWithTraceIds {
-    fn default() -> Self {
+impl WithTraceIds<Format<Json>> {
+    /// JSON lines (with `JsonFields`).
+    pub fn json() -> Self {
         Self {
             format: Format::default().json(),
+            json: true,
             dispatch: Arc::default(),
         }
     }
 }
 
-impl JsonWithTraceIds {
+impl WithTraceIds<Format> {
+    /// Text lines, in colour with `ansi`.
+    pub fn text(ansi: bool) -> Self {
+        Self {
+            format: Format::default().with_ansi(ansi),
+            json: false,
+            dispatch: Arc::default(),
+        }
+    }
+}
+
+impl<F> WithTraceIds<F> {
     /// A handle that binds this formatter to the dispatcher it ends up in.
     pub fn binder(&self) -> Binder {
         Binder(Arc::clone(&self.dispatch))
     }
 }
 
-/// Tells a [`JsonWithTraceIds`] which dispatcher holds the OpenTelemetry layer.
+/// Tells a [`WithTraceIds`] which dispatcher holds the OpenTelemetry layer.
 pub struct Binder(Arc<OnceLock<tracing::dispatcher::WeakDispatch>>);
 
 impl Binder {
@@ -100,10 +116,11 @@ impl Binder {
     }
 }
 
-impl<S, N> FormatEvent<S, N> for JsonWithTraceIds
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -124,20 +141,30 @@ where
         let mut line = String::new();
         self.format
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let Some(open) = line.trim_end().strip_suffix('}') else {
-            return writer.write_str(&line);
-        };
         // A span name is an identifier (a literal in the span macro): nothing to escape.
-        write!(writer, r#"{open},"span":{{"name":"{}"}}"#, meta.name())?;
-        if let Some(ids) = ids {
-            write!(
-                writer,
-                r#","trace_id":"{}","span_id":"{}""#,
-                ids.trace_id(),
-                ids.span_id()
-            )?;
+        let name = meta.name();
+        if self.json {
+            let Some(open) = line.trim_end().strip_suffix('}') else {
+                return writer.write_str(&line);
+            };
+            write!(writer, r#"{open},"span":{{"name":"{name}"}}"#)?;
+            if let Some(ids) = ids {
+                let (trace, span) = (ids.trace_id(), ids.span_id());
+                write!(writer, r#","trace_id":"{trace}","span_id":"{span}""#)?;
+            }
+            writeln!(writer, "}}")
+        } else {
+            write!(writer, "{} span={name}", line.trim_end_matches('\n'))?;
+            if let Some(ids) = ids {
+                write!(
+                    writer,
+                    " trace_id={} span_id={}",
+                    ids.trace_id(),
+                    ids.span_id()
+                )?;
+            }
+            writeln!(writer)
         }
-        writeln!(writer, "}}")
     }
 }
 
@@ -203,21 +230,21 @@ where
     if let Some(tracer) = tracer {
         layers.push(otel_layer(tracer).with_filter(LevelFilter::INFO).boxed());
     }
-    let mut binder = None;
-    let fmt = if config.format == "json" {
-        let format = JsonWithTraceIds::default();
-        binder = Some(format.binder());
-        fmt.event_format(format)
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .boxed()
+    let (fmt, binder) = if config.format == "json" {
+        let format = WithTraceIds::json();
+        let binder = format.binder();
+        let fmt = fmt
+            .event_format(format)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new());
+        (fmt.boxed(), binder)
     } else {
-        fmt.boxed()
+        let format = WithTraceIds::text(ansi);
+        let binder = format.binder();
+        (fmt.event_format(format).boxed(), binder)
     };
     layers.push(fmt.with_filter(events_only().and(filter)).boxed());
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
-    if let Some(binder) = binder {
-        binder.bind(&dispatch);
-    }
+    binder.bind(&dispatch);
     (dispatch, LogControl::new(&initial, handle))
 }
 
@@ -235,7 +262,7 @@ mod tests {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
 
-    use super::JsonWithTraceIds;
+    use super::WithTraceIds;
 
     #[derive(Clone, Default)]
     struct Lines(Arc<Mutex<Vec<u8>>>);
@@ -251,23 +278,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn json_lines_inside_a_traced_span_carry_its_trace_and_span_ids() {
+    type BoxedLayer =
+        Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+    /// Logs one line outside any span and one inside a recorded `infer` span through the log
+    /// layer `fmt` (writing to `lines`, its formatter bound with `binder`); the text written
+    /// and the span's ids.
+    fn log_two_lines(
+        fmt: BoxedLayer,
+        binder: super::Binder,
+        lines: &Lines,
+    ) -> (String, opentelemetry::trace::SpanContext) {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
-        let lines = Lines::default();
-        let writer = lines.clone();
-        let format = JsonWithTraceIds::default();
-        let binder = format.binder();
-        let subscriber = tracing_subscriber::registry()
-            .with(super::otel_layer(provider.tracer("test")))
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(move || writer.clone())
-                    .with_filter(super::events_only()),
-            );
-        let dispatch = tracing::Dispatch::new(subscriber);
+        let layers: Vec<BoxedLayer> = vec![
+            super::otel_layer(provider.tracer("test")).boxed(),
+            fmt.with_filter(super::events_only()).boxed(),
+        ];
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(layers));
         binder.bind(&dispatch);
         let ids = tracing::dispatcher::with_default(&dispatch, || {
             tracing::info!(answer = 42, "outside any span");
@@ -277,6 +304,18 @@ mod tests {
             ids
         });
         let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        (text, ids)
+    }
+
+    #[test]
+    fn json_lines_inside_a_traced_span_carry_its_trace_and_span_ids() {
+        let (lines, format) = (Lines::default(), WithTraceIds::json());
+        let (binder, writer) = (format.binder(), lines.clone());
+        let fmt = tracing_subscriber::fmt::layer()
+            .event_format(format)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_writer(move || writer.clone());
+        let (text, ids) = log_two_lines(fmt.boxed(), binder, &lines);
         let parsed: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -291,6 +330,29 @@ mod tests {
         assert_eq!(parsed[1]["span"]["name"], "infer");
         // The log layer sees no spans: it formats none of their fields, lists none.
         assert!(parsed[1].get("spans").is_none(), "{}", parsed[1]);
+    }
+
+    #[test]
+    fn text_lines_inside_a_traced_span_end_with_its_trace_and_span_ids() {
+        let (lines, format) = (Lines::default(), WithTraceIds::text(false));
+        let (binder, writer) = (format.binder(), lines.clone());
+        let fmt = tracing_subscriber::fmt::layer()
+            .event_format(format)
+            .with_writer(move || writer.clone());
+        let (text, ids) = log_two_lines(fmt.boxed(), binder, &lines);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].ends_with("outside any span answer=42"), "{text}");
+        let suffix = format!(
+            "WARN infergate_server::logging::tests: inside the request model=\"iris\" span=infer trace_id={} span_id={}",
+            ids.trace_id(),
+            ids.span_id()
+        );
+        assert!(
+            lines[1].ends_with(&suffix),
+            "{text}\nwanted the end: {suffix}"
+        );
+        assert!(!text.contains('\u{1b}'), "no colour asked for: {text}");
     }
 
     #[test]
