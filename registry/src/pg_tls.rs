@@ -236,8 +236,8 @@ impl Connector {
     /// Reads the certificate files; the error names the file and what is wrong with it.
     pub(crate) fn new(params: &TlsParams) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: Arc<dyn ServerCertVerifier> = match &params.root_cert {
-            None => Arc::new(AnyCertificate(Arc::clone(&provider))),
+        let chain = match &params.root_cert {
+            None => None,
             Some(path) => {
                 let mut roots = RootCertStore::empty();
                 for cert in certs(path)? {
@@ -245,19 +245,20 @@ impl Connector {
                         format!("invalid CA certificate in {}: {e}", path.display())
                     })?;
                 }
-                let webpki = WebPkiServerVerifier::builder_with_provider(
+                let verifier = WebPkiServerVerifier::builder_with_provider(
                     Arc::new(roots),
                     Arc::clone(&provider),
                 )
                 .build()
                 .map_err(|e| format!("cannot use {} as sslrootcert: {e}", path.display()))?;
-                if params.mode == SslMode::VerifyFull {
-                    webpki
-                } else {
-                    Arc::new(ChainOnly(webpki))
-                }
+                Some(verifier)
             }
         };
+        let verifier = Arc::new(Verifier {
+            chain,
+            check_name: params.mode == SslMode::VerifyFull,
+            provider: Arc::clone(&provider),
+        });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| format!("tls protocol versions: {e}"))?
@@ -369,62 +370,21 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// `prefer` and `require` without `sslrootcert`: any certificate is taken (the connection is
-/// encrypted, not authenticated), but the handshake's signatures are still checked against it.
+/// What the server's certificate must be, by mode:
+/// - `chain` absent (`prefer` and `require` without `sslrootcert`): anything; the connection
+///   is encrypted, not authenticated;
+/// - `chain` present: it chains to `sslrootcert`; with `check_name` (`verify-full`) it also
+///   names the host. rustls checks the chain first, so a name error means the chain passed.
+///
+/// Either way the handshake's signatures are checked against the certificate presented.
 #[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+struct Verifier {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
 }
 
-/// `verify-ca`: the chain is checked as in `verify-full`, but not the name (rustls checks the
-/// chain first, so a name error means the chain passed).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -433,13 +393,13 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -450,7 +410,8 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -459,11 +420,13 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        let algorithms = &self.provider.signature_verification_algorithms;
+        algorithms.supported_schemes()
     }
 }
 
@@ -480,70 +443,49 @@ mod tests {
         }
     }
 
+    /// `conn` splits into `rest` for tokio-postgres and `tls`.
+    fn splits(conn: &str, rest: &str, tls: TlsParams) {
+        assert_eq!(split(conn), Ok((rest.to_owned(), tls)), "{conn}");
+    }
+
     #[test]
     fn urls_lose_the_tls_parameters_and_keep_the_rest() {
-        let (rest, p) = split(
+        splits(
             "postgres://u:pw@db:5432/reg?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20dir%2Fca.pem&connect_timeout=5",
-        )
-        .unwrap();
-        assert_eq!(
-            rest,
-            "postgres://u:pw@db:5432/reg?application_name=x&connect_timeout=5&sslmode=require"
-        );
-        assert_eq!(
-            p,
+            "postgres://u:pw@db:5432/reg?application_name=x&connect_timeout=5&sslmode=require",
             TlsParams {
                 root_cert: Some("/etc/ca dir/ca.pem".into()),
                 ..params(SslMode::VerifyFull)
-            }
+            },
         );
         // libpq's default is prefer; disable stays disable.
-        let (rest, p) = split("postgresql://db/reg").unwrap();
-        assert_eq!(
-            (rest.as_str(), p),
-            (
-                "postgresql://db/reg?sslmode=prefer",
-                params(SslMode::Prefer)
-            )
-        );
-        let (rest, p) = split("postgres://db/reg?sslmode=disable").unwrap();
-        assert_eq!(
-            (rest.as_str(), p),
-            (
-                "postgres://db/reg?sslmode=disable",
-                params(SslMode::Disable)
-            )
-        );
-        let (_, p) = split("postgres://db/reg?sslmode=require&sslcert=c.pem&sslkey=c.key").unwrap();
-        assert_eq!(
-            p,
+        let prefer = "postgresql://db/reg?sslmode=prefer";
+        splits("postgresql://db/reg", prefer, params(SslMode::Prefer));
+        let disable = "postgres://db/reg?sslmode=disable";
+        splits(disable, disable, params(SslMode::Disable));
+        splits(
+            "postgres://db/reg?sslmode=require&sslcert=c.pem&sslkey=c.key",
+            "postgres://db/reg?sslmode=require",
             TlsParams {
                 cert: Some("c.pem".into()),
                 key: Some("c.key".into()),
                 ..params(SslMode::Require)
-            }
+            },
         );
     }
 
     #[test]
     fn key_value_strings_lose_the_tls_parameters_and_keep_the_rest() {
-        let (rest, p) = split(
+        splits(
             "host=db  dbname = reg sslmode=verify-ca sslrootcert='/etc/my \\'ca\\'.pem' password='a b'",
-        )
-        .unwrap();
-        assert_eq!(rest, "host=db dbname = reg password='a b' sslmode=require");
-        assert_eq!(
-            p,
+            "host=db dbname = reg password='a b' sslmode=require",
             TlsParams {
                 root_cert: Some("/etc/my 'ca'.pem".into()),
                 ..params(SslMode::VerifyCa)
-            }
+            },
         );
-        let (rest, p) = split("host=db user=me").unwrap();
-        assert_eq!(
-            (rest.as_str(), p),
-            ("host=db user=me sslmode=prefer", params(SslMode::Prefer))
-        );
+        let prefer = "host=db user=me sslmode=prefer";
+        splits("host=db user=me", prefer, params(SslMode::Prefer));
     }
 
     #[test]
