@@ -630,19 +630,73 @@ impl Config {
     }
 }
 
-/// A connection URL with its password replaced by `***`, for logs and messages.
+/// A connection string with its password replaced by `***`, for logs and messages: the
+/// password of a URL's user (`postgres://user:***@host/db`), a `password=` in a URL's query, and
+/// a `password=` pair of libpq's `key=value` form, quoted (`password='a b'`) or not.
 pub fn redact_url(url: &str) -> String {
-    if let Some(at) = url.find("password=") {
-        let end = url[at..].find(' ').map_or(url.len(), |e| at + e);
-        return format!("{}password=***{}", &url[..at], &url[end..]);
-    }
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_owned(),
+    let Some(scheme) = url.find("://") else {
+        return redact_password_pairs(url, char::is_whitespace, true);
+    };
+    // The authority ends at the path, the query or the fragment; its user info at its last '@'
+    // (an '@' in a password is percent-encoded).
+    let start = scheme + 3;
+    let end = url[start..]
+        .find(['/', '?', '#'])
+        .map_or(url.len(), |e| start + e);
+    let authority = &url[start..end];
+    let authority = match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("{user}:***{}", &authority[at..]),
+            None => authority.to_owned(),
         },
-        _ => url.to_owned(),
+        None => authority.to_owned(),
+    };
+    let rest = redact_password_pairs(&url[end..], |c| c == '&' || c == '#', false);
+    format!("{}{authority}{rest}", &url[..start])
+}
+
+/// `text` with the value of every `password=` pair replaced by `***`. A pair starts the text
+/// or follows a separator, a '?' or a space. With `quoted` (libpq's `key=value` form) spaces
+/// may surround the '=', and a value that opens with a quote ends at the closing one (a
+/// backslash escapes the next character); any other value ends at a separator.
+fn redact_password_pairs(text: &str, separator: impl Fn(char) -> bool, quoted: bool) -> String {
+    const KEY: &str = "password";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(KEY) {
+        let starts_pair = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| separator(c) || c == '?' || c == ' ');
+        let after = &rest[at + KEY.len()..];
+        let spaced = if quoted { after.trim_start() } else { after };
+        let Some(value) = spaced.strip_prefix('=').filter(|_| starts_pair) else {
+            out.push_str(&rest[..at + KEY.len()]);
+            rest = after;
+            continue;
+        };
+        let value = if quoted { value.trim_start() } else { value };
+        let len = if quoted && value.starts_with('\'') {
+            let mut chars = value.char_indices().skip(1);
+            let mut end = value.len();
+            while let Some((i, c)) = chars.next() {
+                if c == '\\' {
+                    chars.next();
+                } else if c == '\'' {
+                    end = i + 1;
+                    break;
+                }
+            }
+            end
+        } else {
+            value.find(&separator).unwrap_or(value.len())
+        };
+        out.push_str(&rest[..rest.len() - value.len()]);
+        out.push_str("***");
+        rest = &value[len..];
     }
+    out.push_str(rest);
+    out
 }
 
 /// Problems with a set of routes (empty when valid); `Config::validate` reports them too, and

@@ -369,3 +369,44 @@ fn server_batching_and_cache_defaults_fill_what_a_model_leaves_out() {
     };
     assert_eq!(errors.len(), 3, "{errors:?}");
 }
+
+#[test]
+fn connection_strings_lose_their_passwords_and_nothing_else() {
+    let cases = [
+        (
+            "postgres://infergate:s3cret@db:5432/registry",
+            "postgres://infergate:***@db:5432/registry",
+        ),
+        (
+            "postgres://infergate@db/registry",
+            "postgres://infergate@db/registry",
+        ),
+        // An '@' after the authority is not the end of the user info.
+        (
+            "postgres://u:pw@db/reg?sslrootcert=/etc/ca@2.pem",
+            "postgres://u:***@db/reg?sslrootcert=/etc/ca@2.pem",
+        ),
+        (
+            "postgres://db/reg?sslmode=require&password=s3cret&application_name=x",
+            "postgres://db/reg?sslmode=require&password=***&application_name=x",
+        ),
+        (
+            "postgres://db/reg?mypassword=kept&password=gone",
+            "postgres://db/reg?mypassword=kept&password=***",
+        ),
+        (
+            "host=db password=s3cret user=me",
+            "host=db password=*** user=me",
+        ),
+        // Quoted with a space and an escaped quote: all of it goes.
+        (
+            r"host=db password = 'a b\'c' user=me",
+            "host=db password = *** user=me",
+        ),
+        ("password='unterminated", "password=***"),
+        ("host=db user=me", "host=db user=me"),
+    ];
+    for (url, redacted) in cases {
+        assert_eq!(redact_url(url), redacted, "{url}");
+    }
+}
