@@ -243,6 +243,16 @@ async fn request_spans_join_the_callers_trace_with_stages_and_batch_links() {
         .into_inner();
     let first = answers.message().await.unwrap().expect("one answer");
     assert_eq!(first.error_message, "");
+    // The stream's metadata went out first: the message carries its trace id itself.
+    let trace_param = first.infer_response.as_ref().unwrap().parameters["trace_id"].clone();
+    assert_eq!(
+        trace_param.parameter_choice,
+        Some(
+            infergate_proto::inference::infer_parameter::ParameterChoice::StringParam(
+                STREAM_TRACE.into()
+            )
+        )
+    );
 
     // A registry version with lineage.
     post_traced(

@@ -151,6 +151,13 @@ fn pb_parameters(params: Parameters) -> HashMap<String, pb::InferParameter> {
         .collect()
 }
 
+/// A string-valued parameter.
+pub fn string_parameter(value: String) -> pb::InferParameter {
+    pb::InferParameter {
+        parameter_choice: Some(ParameterChoice::StringParam(value)),
+    }
+}
+
 /// Encodes a core response; every output travels in `raw_output_contents`.
 pub fn response(resp: InferResponse) -> pb::ModelInferResponse {
     let mut outputs = Vec::with_capacity(resp.outputs.len());

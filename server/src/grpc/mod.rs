@@ -274,13 +274,13 @@ impl GrpcInferenceService for Inference {
                     break;
                 };
                 let (gateway, tx, client) = (Arc::clone(&gateway), tx.clone(), client.clone());
-                let span = crate::telemetry::request_span_with(
-                    || caller.clone(),
-                    &request.model_name,
-                    "grpc_stream",
-                    gateway.config.telemetry.sampling_ratio,
-                )
-                .span;
+                let crate::telemetry::RequestTrace { span, trace_id } =
+                    crate::telemetry::request_span_with(
+                        || caller.clone(),
+                        &request.model_name,
+                        "grpc_stream",
+                        gateway.config.telemetry.sampling_ratio,
+                    );
                 tokio::spawn(async move {
                     use tracing::Instrument as _;
                     let echo = pb::ModelInferResponse {
@@ -292,18 +292,22 @@ impl GrpcInferenceService for Inference {
                     let answer = infer_one(&gateway, request, &client, None, None)
                         .instrument(span.clone())
                         .await;
-                    let message = match answer {
-                        Ok(resp) => pb::ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(resp),
-                        },
+                    let (error_message, mut resp) = match answer {
+                        Ok(resp) => (String::new(), resp),
                         Err(e) => {
                             span.record("outcome", e.kind.as_str());
-                            pb::ModelStreamInferResponse {
-                                error_message: e.message,
-                                infer_response: Some(echo),
-                            }
+                            (e.message, echo)
                         }
+                    };
+                    // The stream's response metadata went out before this message, so its
+                    // trace id travels in the message, as the `trace_id` parameter.
+                    if let Some(id) = trace_id {
+                        resp.parameters
+                            .insert("trace_id".into(), convert::string_parameter(id));
+                    }
+                    let message = pb::ModelStreamInferResponse {
+                        error_message,
+                        infer_response: Some(resp),
                     };
                     let _ = tx.send(Ok(message)).await;
                     drop(permit);
