@@ -252,15 +252,18 @@ impl Default for ModelsConfig {
 }
 
 /// OpenTelemetry traces: one span per request with its stages, joined to the caller's trace
-/// (W3C `traceparent`), exported over OTLP. The standard `OTEL_EXPORTER_OTLP_ENDPOINT`,
-/// `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME` and
-/// `OTEL_TRACES_SAMPLER_ARG` fill what this section leaves unset.
+/// (W3C `traceparent`), exported over OTLP. The standard `OTEL_…` variables fill what this
+/// section leaves unset ([`TelemetryConfig::apply_otel_env`]).
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// OTLP collector endpoint, e.g. `http://otel-collector:4317` (gRPC) or
-    /// `http://otel-collector:4318` (HTTP); none: traces are not exported.
+    /// `http://otel-collector:4318` (HTTP, which posts to `/v1/traces` under it); none (and
+    /// no `otlp_traces_endpoint`): traces are not exported.
     pub otlp_endpoint: Option<String>,
+    /// The traces endpoint in full, used as given (OTLP/HTTP adds no `/v1/traces`); wins over
+    /// `otlp_endpoint`.
+    pub otlp_traces_endpoint: Option<String>,
     /// `grpc` or `http/protobuf`.
     pub otlp_protocol: String,
     /// Headers sent with every export (an API key, say).
@@ -281,6 +284,7 @@ impl Default for TelemetryConfig {
     fn default() -> Self {
         Self {
             otlp_endpoint: None,
+            otlp_traces_endpoint: None,
             otlp_protocol: "grpc".into(),
             otlp_headers: Default::default(),
             sampling_ratio: 1.0,
@@ -292,43 +296,116 @@ impl Default for TelemetryConfig {
 }
 
 impl TelemetryConfig {
-    /// Fills unset settings from the standard `OTEL_…` variables of `env`.
+    /// Fills unset settings from the standard `OTEL_…` variables of `env`, as the
+    /// OpenTelemetry specification reads them:
+    /// - `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (used as given) before `OTEL_EXPORTER_OTLP_ENDPOINT`
+    ///   (to which OTLP/HTTP adds `/v1/traces`);
+    /// - `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` before `OTEL_EXPORTER_OTLP_PROTOCOL`;
+    /// - `OTEL_EXPORTER_OTLP_HEADERS` and then `OTEL_EXPORTER_OTLP_TRACES_HEADERS` (which wins
+    ///   for a name in both): `name=value` pairs split by commas, percent-decoded;
+    /// - `OTEL_SERVICE_NAME`;
+    /// - `OTEL_TRACES_SAMPLER`: `always_on` and `always_off` are ratios 1 and 0, a
+    ///   `traceidratio` sampler takes `OTEL_TRACES_SAMPLER_ARG` (1 without it); each is
+    ///   parent-based here (a caller's decision is followed). Without it the argument alone
+    ///   sets the ratio;
+    /// - `OTEL_SDK_DISABLED=true` turns the export off, whatever else is set.
     pub fn apply_otel_env(&mut self, env: &[(String, String)]) {
         let var = |name: &str| {
             env.iter()
                 .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
+                .map(|(_, v)| v.trim().to_owned())
                 .filter(|v| !v.is_empty())
         };
         let defaults = Self::default();
-        if self.otlp_endpoint.is_none() {
+        if self.otlp_endpoint.is_none() && self.otlp_traces_endpoint.is_none() {
+            self.otlp_traces_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
             self.otlp_endpoint = var("OTEL_EXPORTER_OTLP_ENDPOINT");
         }
         if self.otlp_protocol == defaults.otlp_protocol
-            && let Some(p) = var("OTEL_EXPORTER_OTLP_PROTOCOL")
+            && let Some(p) = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
         {
             self.otlp_protocol = p;
         }
-        if self.otlp_headers.is_empty()
-            && let Some(h) = var("OTEL_EXPORTER_OTLP_HEADERS")
-        {
-            self.otlp_headers = h
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .collect();
+        if self.otlp_headers.is_empty() {
+            for name in [
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            ] {
+                self.otlp_headers
+                    .extend(var(name).iter().flat_map(|h| otel_headers(h)));
+            }
         }
         if self.service_name == defaults.service_name
             && let Some(n) = var("OTEL_SERVICE_NAME")
         {
             self.service_name = n;
         }
+        let ratio = || var("OTEL_TRACES_SAMPLER_ARG").and_then(|r| r.parse().ok());
+        let sampled = match var("OTEL_TRACES_SAMPLER").as_deref() {
+            Some("always_on" | "parentbased_always_on") => Some(1.0),
+            Some("always_off" | "parentbased_always_off") => Some(0.0),
+            Some("traceidratio" | "parentbased_traceidratio") => Some(ratio().unwrap_or(1.0)),
+            Some(_) => None,
+            None => ratio(),
+        };
         if self.sampling_ratio == defaults.sampling_ratio
-            && let Some(r) = var("OTEL_TRACES_SAMPLER_ARG").and_then(|r| r.parse().ok())
+            && let Some(r) = sampled
         {
             self.sampling_ratio = r;
         }
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            self.otlp_endpoint = None;
+            self.otlp_traces_endpoint = None;
+        }
     }
+
+    /// Where spans go: the traces endpoint as given, else the endpoint (with `/v1/traces`
+    /// added for OTLP/HTTP); none when neither is set.
+    pub fn traces_url(&self) -> Option<String> {
+        if let Some(url) = &self.otlp_traces_endpoint {
+            return Some(url.clone());
+        }
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        Some(if self.otlp_protocol == "grpc" {
+            endpoint.clone()
+        } else {
+            format!("{}/v1/traces", endpoint.trim_end_matches('/'))
+        })
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `name=value` pairs split by commas, each part
+/// percent-decoded (`Authorization=Basic%20…`); a pair without '=' is skipped.
+fn otel_headers(text: &str) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        let bytes = s.trim().as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = (bytes[i] == b'%')
+                .then(|| bytes.get(i + 1..i + 3))
+                .flatten()
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                None => {
+                    out.push(bytes[i]);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.split(',')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .filter(|(k, _)| !k.is_empty())
+        .collect()
 }
 
 /// Drift detection: live inputs and predictions of registry versions that carry a training

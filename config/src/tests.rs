@@ -410,3 +410,95 @@ fn connection_strings_lose_their_passwords_and_nothing_else() {
         assert_eq!(redact_url(url), redacted, "{url}");
     }
 }
+
+#[test]
+fn the_standard_otel_variables_fill_what_the_config_leaves_unset() {
+    let apply = |config: TelemetryConfig, vars: &[(&str, &str)]| {
+        let mut config = config;
+        config.apply_otel_env(&env(vars));
+        config
+    };
+    // Signal-specific before generic; headers percent-decoded, the traces ones winning.
+    let c = apply(
+        TelemetryConfig::default(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "Authorization=Basic%20dXNlcjpwdw%3D%3D, x-tenant = a",
+            ),
+            ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-tenant=b,broken"),
+            ("OTEL_SERVICE_NAME", "fraud-scorer"),
+        ],
+    );
+    assert_eq!(c.otlp_protocol, "http/protobuf");
+    assert_eq!(
+        c.traces_url().as_deref(),
+        Some("http://collector:4318/v1/traces")
+    );
+    assert_eq!(
+        c.otlp_headers.into_iter().collect::<Vec<_>>(),
+        [
+            (
+                "Authorization".to_string(),
+                "Basic dXNlcjpwdw==".to_string()
+            ),
+            ("x-tenant".to_string(), "b".to_string()),
+        ]
+    );
+    assert_eq!(c.service_name, "fraud-scorer");
+    let c = apply(
+        TelemetryConfig::default(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "https://vendor/api/spans",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ],
+    );
+    assert_eq!(c.traces_url().as_deref(), Some("https://vendor/api/spans"));
+    // gRPC takes the endpoint as it is.
+    let c = apply(
+        TelemetryConfig::default(),
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")],
+    );
+    assert_eq!(c.traces_url().as_deref(), Some("http://collector:4317"));
+    assert_eq!(TelemetryConfig::default().traces_url(), None);
+
+    // The sampler and its argument.
+    let ratio = |vars: &[(&str, &str)]| apply(TelemetryConfig::default(), vars).sampling_ratio;
+    assert_eq!(ratio(&[("OTEL_TRACES_SAMPLER", "always_off")]), 0.0);
+    assert_eq!(
+        ratio(&[("OTEL_TRACES_SAMPLER", "parentbased_always_on")]),
+        1.0
+    );
+    let arg = ("OTEL_TRACES_SAMPLER_ARG", "0.25");
+    assert_eq!(ratio(&[("OTEL_TRACES_SAMPLER", "traceidratio"), arg]), 0.25);
+    assert_eq!(
+        ratio(&[("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")]),
+        1.0
+    );
+    assert_eq!(ratio(&[arg]), 0.25);
+    assert_eq!(ratio(&[("OTEL_TRACES_SAMPLER", "jaeger_remote"), arg]), 1.0);
+
+    // What the config file set stays; OTEL_SDK_DISABLED turns export off regardless.
+    let set = TelemetryConfig {
+        otlp_endpoint: Some("http://mine:4317".into()),
+        sampling_ratio: 0.5,
+        ..TelemetryConfig::default()
+    };
+    let c = apply(
+        set.clone(),
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://theirs:4317"),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    );
+    assert_eq!(c, set);
+    let c = apply(set, &[("OTEL_SDK_DISABLED", "TRUE")]);
+    assert_eq!(c.traces_url(), None);
+}

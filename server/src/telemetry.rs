@@ -38,7 +38,7 @@ pub fn provider(
     config: &TelemetryConfig,
     counts: &Family<SpanLabels, Counter>,
 ) -> anyhow::Result<Option<SdkTracerProvider>> {
-    let Some(endpoint) = &config.otlp_endpoint else {
+    let Some(endpoint) = config.traces_url() else {
         return Ok(None);
     };
     let exporter = if config.otlp_protocol == "grpc" {
@@ -53,17 +53,16 @@ pub fn provider(
         }
         opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint.clone())
+            .with_endpoint(endpoint)
             .with_metadata(metadata)
             .build()?
     } else {
         // The HTTP client's TLS needs a process-wide crypto provider (already there when a
         // listener uses TLS).
         let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-        let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(traces)
+            .with_endpoint(endpoint)
             .with_headers(
                 config
                     .otlp_headers
@@ -550,44 +549,67 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn spans_are_exported_over_http_protobuf() {
-        let received = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+        // The body size of every export, by the path it was posted to.
+        let received = Arc::new(std::sync::Mutex::new(Vec::<(String, usize)>::new()));
         let app = {
             let received = Arc::clone(&received);
-            axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |body: axum::body::Bytes| async move {
-                    received.lock().unwrap().push(body.len());
+            axum::Router::new().fallback(
+                move |uri: axum::http::Uri, body: axum::body::Bytes| async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((uri.path().to_owned(), body.len()));
                     (
                         [("content-type", "application/x-protobuf")],
                         Vec::<u8>::new(),
                     )
-                }),
+                },
             )
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let family = Family::<SpanLabels, Counter>::default();
-        let provider = provider(
-            &TelemetryConfig {
-                otlp_endpoint: Some(format!("http://{addr}")),
+        // The endpoint gets `/v1/traces` added; the traces endpoint is used as given.
+        let configs = [
+            (
+                TelemetryConfig {
+                    otlp_endpoint: Some(format!("http://{addr}/")),
+                    ..TelemetryConfig::default()
+                },
+                "/v1/traces",
+            ),
+            (
+                TelemetryConfig {
+                    otlp_endpoint: Some(format!("http://{addr}/ignored")),
+                    otlp_traces_endpoint: Some(format!("http://{addr}/tenant/a/spans")),
+                    ..TelemetryConfig::default()
+                },
+                "/tenant/a/spans",
+            ),
+        ];
+        for (config, path) in configs {
+            let family = Family::<SpanLabels, Counter>::default();
+            let config = TelemetryConfig {
                 otlp_protocol: "http/protobuf".into(),
-                ..TelemetryConfig::default()
-            },
-            &family,
-        )
-        .unwrap()
-        .expect("an endpoint makes a provider");
-        let tracer = provider.tracer("test");
-        for i in 0..10 {
-            drop(tracer.start(format!("span {i}")));
+                ..config
+            };
+            let provider = provider(&config, &family)
+                .unwrap()
+                .expect("an endpoint makes a provider");
+            let tracer = provider.tracer("test");
+            for i in 0..10 {
+                drop(tracer.start(format!("span {i}")));
+            }
+            let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
+            assert!(flushed.unwrap().is_ok());
+            let count = |result| family.get_or_create(&SpanLabels { result }).get();
+            assert_eq!((count("exported"), count("failed")), (10, 0), "{path}");
+            let mut received = received.lock().unwrap();
+            assert!(!received.is_empty(), "{path}");
+            for (posted, len) in received.drain(..) {
+                assert_eq!((posted.as_str(), len > 0), (path, true));
+            }
         }
-        let flushed = tokio::task::spawn_blocking(move || provider.force_flush()).await;
-        assert!(flushed.unwrap().is_ok());
-        let count = |result| family.get_or_create(&SpanLabels { result }).get();
-        assert_eq!((count("exported"), count("failed")), (10, 0));
-        let received = received.lock().unwrap();
-        assert!(!received.is_empty() && received.iter().all(|&n| n > 0));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
