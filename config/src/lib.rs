@@ -376,36 +376,34 @@ impl TelemetryConfig {
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `name=value` pairs split by commas, each part
-/// percent-decoded (`Authorization=Basic%20…`); a pair without '=' is skipped.
+/// percent-decoded (`Authorization=Basic%20…`; a part that does not decode is kept as
+/// written); a pair without '=' is skipped.
 fn otel_headers(text: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let bytes = s.trim().as_bytes();
-        let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = (bytes[i] == b'%')
-                .then(|| bytes.get(i + 1..i + 3))
-                .flatten()
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match hex {
-                Some(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                None => {
-                    out.push(bytes[i]);
-                    i += 1;
-                }
-            }
-        }
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let decode = |s: &str| percent_decode(s.trim()).unwrap_or_else(|| s.trim().to_owned());
     text.split(',')
         .filter_map(|pair| pair.split_once('='))
         .map(|(k, v)| (decode(k), decode(v)))
         .filter(|(k, _)| !k.is_empty())
         .collect()
+}
+
+/// `text` with its `%XX` escapes decoded; `None` for an escape that is not two hex digits or
+/// a result that is not UTF-8. A '+' stays a '+'.
+pub fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Drift detection: live inputs and predictions of registry versions that carry a training

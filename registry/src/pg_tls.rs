@@ -165,23 +165,8 @@ impl Taken {
 
 /// `%XX` escapes of a URL's query decoded (and `+` kept, as libpq does).
 fn percent_decode(text: &str) -> Result<String, String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| format!("invalid percent-encoding in '{text}'"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| format!("'{text}' is not UTF-8 once decoded"))
+    infergate_config::percent_decode(text)
+        .ok_or_else(|| format!("invalid percent-encoding in '{text}'"))
 }
 
 /// libpq's `key=value` form: pairs separated by whitespace, a value in single quotes when it
