@@ -19,32 +19,22 @@ CREATE TABLE IF NOT EXISTS registry_meta (
 
 /// A connection that reconnects when the server dropped it.
 pub(crate) struct PgConn {
-    url: String,
-    /// `url` as tokio-postgres takes it, without the TLS parameters it does not know.
-    driver_url: String,
-    /// `None` with `sslmode=disable`.
-    tls: Option<crate::pg_tls::Connector>,
+    /// The connection string as logs may show it (`redact_url`).
+    redacted_url: String,
+    target: crate::pg_tls::Target,
     client: Option<postgres::Client>,
 }
 
 impl PgConn {
     /// Connects and creates (or checks) the schema.
     pub(crate) fn open(url: &str) -> Result<Self> {
-        let invalid = |e: String| {
-            RegistryError::invalid(
-                "registry database",
-                format!("{e} (in {})", infergate_config::redact_url(url)),
-            )
-        };
-        let (driver_url, params) = crate::pg_tls::split(url).map_err(invalid)?;
-        let tls = match params.mode {
-            crate::pg_tls::SslMode::Disable => None,
-            _ => Some(crate::pg_tls::Connector::new(&params).map_err(invalid)?),
-        };
+        let redacted_url = infergate_config::redact_url(url);
+        let target = crate::pg_tls::Target::parse(url).map_err(|e| {
+            RegistryError::invalid("registry database", format!("{e} (in {redacted_url})"))
+        })?;
         let mut conn = Self {
-            url: url.to_owned(),
-            driver_url,
-            tls,
+            redacted_url,
+            target,
             client: None,
         };
         conn.run(|client| {
@@ -90,14 +80,14 @@ impl PgConn {
     ) -> Result<T> {
         crate::sync::off_runtime(|| {
             if self.client.as_ref().is_none_or(postgres::Client::is_closed) {
-                let connected = match &self.tls {
-                    Some(tls) => postgres::Client::connect(&self.driver_url, tls.clone()),
-                    None => postgres::Client::connect(&self.driver_url, postgres::NoTls),
-                };
-                self.client = Some(connected.map_err(|source| RegistryError::PostgresConnect {
-                    url: infergate_config::redact_url(&self.url),
-                    source,
-                })?);
+                let connected =
+                    self.target
+                        .connect()
+                        .map_err(|source| RegistryError::PostgresConnect {
+                            url: self.redacted_url.clone(),
+                            source,
+                        })?;
+                self.client = Some(connected);
             }
             let client = self.client.as_mut().expect("connected above");
             f(client)

@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// libpq's `sslmode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SslMode {
+enum SslMode {
     Disable,
     Prefer,
     Require,
@@ -72,17 +72,17 @@ impl SslMode {
 
 /// What a connection string asks of TLS.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TlsParams {
-    pub(crate) mode: SslMode,
-    pub(crate) root_cert: Option<PathBuf>,
-    pub(crate) cert: Option<PathBuf>,
-    pub(crate) key: Option<PathBuf>,
+struct TlsParams {
+    mode: SslMode,
+    root_cert: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
 }
 
 /// Splits a connection string (a `postgres://` URL or libpq's `key=value` form) into the
 /// string tokio-postgres is given, with `sslmode` mapped onto the modes it knows and the
 /// certificate files taken out, and the TLS parameters. The error names the parameter.
-pub(crate) fn split(conn: &str) -> Result<(String, TlsParams), String> {
+fn split(conn: &str) -> Result<(String, TlsParams), String> {
     let mut taken = Taken::default();
     let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
         let (base, query) = conn.split_once('?').unwrap_or((conn, ""));
@@ -211,15 +211,42 @@ fn key_values(conn: &str) -> Result<Vec<(String, String, String)>, String> {
     }
 }
 
+/// A connection string made ready for tokio-postgres: the string it is given, and the TLS
+/// connector (none with `sslmode=disable`).
+pub(crate) struct Target {
+    driver_url: String,
+    tls: Option<Connector>,
+}
+
+impl Target {
+    /// [`split`], and the certificate files read; the error names the parameter or file.
+    pub(crate) fn parse(conn: &str) -> Result<Self, String> {
+        let (driver_url, params) = split(conn)?;
+        let tls = match params.mode {
+            SslMode::Disable => None,
+            _ => Some(Connector::new(&params)?),
+        };
+        Ok(Self { driver_url, tls })
+    }
+
+    /// A new connection (blocking: not on a tokio thread, see `sync::off_runtime`).
+    pub(crate) fn connect(&self) -> Result<postgres::Client, postgres::Error> {
+        match &self.tls {
+            Some(tls) => postgres::Client::connect(&self.driver_url, tls.clone()),
+            None => postgres::Client::connect(&self.driver_url, postgres::NoTls),
+        }
+    }
+}
+
 /// rustls for tokio-postgres, built from the [`TlsParams`].
 #[derive(Clone)]
-pub(crate) struct Connector {
+struct Connector {
     config: Arc<rustls::ClientConfig>,
 }
 
 impl Connector {
     /// Reads the certificate files; the error names the file and what is wrong with it.
-    pub(crate) fn new(params: &TlsParams) -> Result<Self, String> {
+    fn new(params: &TlsParams) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = match &params.root_cert {
             None => None,
@@ -300,7 +327,7 @@ impl MakeTlsConnect<Socket> for Connector {
 }
 
 /// One connection's handshake, to the host named.
-pub(crate) struct Connect {
+struct Connect {
     config: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
 }
@@ -317,7 +344,7 @@ impl TlsConnect<Socket> for Connect {
 }
 
 /// The encrypted connection.
-pub(crate) struct Stream(tokio_rustls::client::TlsStream<Socket>);
+struct Stream(tokio_rustls::client::TlsStream<Socket>);
 
 impl TlsStream for Stream {
     /// No channel binding: SCRAM authenticates without `-PLUS`, as libpq's default `prefer`
@@ -548,13 +575,9 @@ mod tests {
 
         /// Connects as `PgConn` does and says whether the session is encrypted.
         fn encrypted(url: &str) -> Result<bool, String> {
-            let (driver_url, params) = split(url)?;
+            let target = Target::parse(url)?;
             crate::sync::off_runtime(|| {
-                let mut client = match params.mode {
-                    SslMode::Disable => postgres::Client::connect(&driver_url, postgres::NoTls),
-                    _ => postgres::Client::connect(&driver_url, Connector::new(&params)?),
-                }
-                .map_err(|e| format!("{e:?}"))?;
+                let mut client = target.connect().map_err(|e| format!("{e:?}"))?;
                 let row = client
                     .query_one(
                         "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
