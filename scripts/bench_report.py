@@ -48,14 +48,15 @@ def cpu_model():
         pass
     name = fields.get("model name") or platform.processor() or "unknown"
     flags = set(fields.get("flags", "").split())
-    vector = next((v for v in ("avx512f", "avx2", "avx", "sse4_2") if v in flags), None)
+    widest = {"avx512f": "AVX-512", "avx2": "AVX2", "avx": "AVX", "sse4_2": "SSE4.2"}
+    vector = next((label for flag, label in widest.items() if flag in flags), None)
     parts = [name]
     if "cpu family" in fields:
         parts.append(f"family {fields['cpu family']} model {fields.get('model', '?')}")
     if "cpu MHz" in fields:
         parts.append(f"{float(fields['cpu MHz']):.0f} MHz")
     if vector:
-        parts.append(vector.replace("avx512f", "AVX-512").replace("avx2", "AVX2").upper())
+        parts.append(vector)
     return ", ".join(parts)
 
 
