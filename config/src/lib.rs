@@ -573,6 +573,7 @@ impl Config {
     pub fn redacted(&self) -> Self {
         let mut models = self.models.clone();
         models.registry_database_url = models.registry_database_url.as_deref().map(redact_url);
+        models.registry_store_url = models.registry_store_url.as_deref().map(redact_url);
         for (key, value) in &mut models.registry_store_options {
             if ["secret", "token", "password"]
                 .iter()
@@ -584,6 +585,13 @@ impl Config {
         let mut telemetry = self.telemetry.clone();
         for value in telemetry.otlp_headers.values_mut() {
             *value = "<redacted>".into();
+        }
+        // A collector's URL may carry credentials too (`https://user:key@collector:4318`).
+        for url in [
+            &mut telemetry.otlp_endpoint,
+            &mut telemetry.otlp_traces_endpoint,
+        ] {
+            *url = url.as_deref().map(redact_url);
         }
         Self {
             security: self.security.redacted(),

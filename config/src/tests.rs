@@ -299,9 +299,17 @@ fn passwords_never_reach_messages() {
         .models
         .registry_store_options
         .insert("region".into(), "eu-west-1".into());
+    config.models.registry_store_url = Some("s3://key:s3cret@bucket/models".into());
+    config.telemetry.otlp_endpoint = Some("https://user:s3cret@collector:4318".into());
+    config.telemetry.otlp_traces_endpoint = Some("https://c/v1/traces?password=s3cret".into());
+    config
+        .telemetry
+        .otlp_headers
+        .insert("authorization".into(), "Bearer s3cret".into());
     let shown = format!("{:?}", config.redacted());
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains("eu-west-1"), "{shown}");
+    assert!(shown.contains("https://user:***@collector:4318"), "{shown}");
 }
 
 #[test]
