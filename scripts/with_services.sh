@@ -5,7 +5,8 @@
 #   REGISTRY_TEST_POSTGRES_TLS  a folder with ca.pem (the CA of the server's certificate, which
 #                            names only localhost), other-ca.pem (an unrelated CA), and
 #                            client.pem + client.key (role infergate_cert, which may only log
-#                            in over TLS with that certificate)
+#                            in over TLS with that certificate); role infergate_scram logs in
+#                            with the password 'scram s3cret@' (SCRAM-SHA-256), over TLS or not
 #   REGISTRY_TEST_S3_*       ENDPOINT, BUCKET, ACCESS_KEY, SECRET_KEY
 # PostgreSQL comes from Debian's `postgresql` package, s3s-fs from crates.io (`make services`).
 set -euo pipefail
@@ -56,12 +57,15 @@ if [ ${#AS[@]} -gt 0 ]; then chown -R postgres "$TLS"; fi
 
 "${AS[@]}" "$PG_BIN/initdb" -D "$WORK/pg" -U infergate --auth=trust --no-sync >/dev/null
 # The certificate-only role: over TLS with a client certificate, refused otherwise (first match).
+# The password role: SCRAM-SHA-256, over TLS or not.
 { printf 'hostssl all infergate_cert 127.0.0.1/32 cert\nhost all infergate_cert 127.0.0.1/32 reject\n'
+  printf 'host all infergate_scram 127.0.0.1/32 scram-sha-256\n'
   cat "$WORK/pg/pg_hba.conf"; } > "$WORK/pg_hba.conf"
 "${AS[@]}" cp "$WORK/pg_hba.conf" "$WORK/pg/pg_hba.conf"
 "${AS[@]}" "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w \
   -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k $WORK -c fsync=off -c ssl=on -c ssl_cert_file=$TLS/server.pem -c ssl_key_file=$TLS/server.key -c ssl_ca_file=$TLS/ca.pem" start >/dev/null
-"${AS[@]}" "$PG_BIN/psql" -q -h "$WORK" -p "$PG_PORT" -U infergate -d postgres -c "CREATE ROLE infergate_cert LOGIN" >/dev/null
+"${AS[@]}" "$PG_BIN/psql" -q -h "$WORK" -p "$PG_PORT" -U infergate -d postgres -c "CREATE ROLE infergate_cert LOGIN" \
+  -c "SET password_encryption = 'scram-sha-256'" -c "CREATE ROLE infergate_scram LOGIN PASSWORD 'scram s3cret@'" >/dev/null
 
 mkdir -p "$WORK/s3/infergate"
 "$S3S" --host 127.0.0.1 --port "$S3_PORT" --access-key infergate-test --secret-key infergate-test-secret \

@@ -652,5 +652,25 @@ mod tests {
                 encrypted(&url("127.0.0.1", "infergate_cert", "sslmode=disable")).unwrap_err();
             assert!(plain.contains("rejects connection"), "{plain}");
         }
+
+        #[test]
+        #[ignore = "needs the PostgreSQL server of scripts/with_services.sh (make test)"]
+        fn a_password_logs_in_with_scram_over_tls_and_without() {
+            // The password is 'scram s3cret@', percent-encoded in the URL's user info.
+            let user = |password: &str| format!("infergate_scram:{password}");
+            let ca = tls_file("ca.pem");
+            let tls = format!("sslmode=verify-full&sslrootcert={ca}");
+            let right = user("scram%20s3cret%40");
+            assert_eq!(encrypted(&url("localhost", &right, &tls)), Ok(true));
+            assert_eq!(encrypted(&url("127.0.0.1", &right, "")), Ok(true));
+            assert_eq!(
+                encrypted(&url("127.0.0.1", &right, "sslmode=disable")),
+                Ok(false)
+            );
+            for query in [tls.as_str(), "sslmode=disable"] {
+                let wrong = encrypted(&url("localhost", &user("scram"), query)).unwrap_err();
+                assert!(wrong.contains("password authentication failed"), "{wrong}");
+            }
+        }
     }
 }
