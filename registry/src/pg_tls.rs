@@ -667,6 +667,14 @@ mod tests {
                 encrypted(&url("127.0.0.1", &right, "sslmode=disable")),
                 Ok(false)
             );
+            // No channel binding is offered, so a URL that demands it cannot log in.
+            let bind = encrypted(&url(
+                "localhost",
+                &right,
+                &format!("{tls}&channel_binding=require"),
+            ))
+            .unwrap_err();
+            assert!(bind.contains("channel binding"), "{bind}");
             for query in [tls.as_str(), "sslmode=disable"] {
                 let wrong = encrypted(&url("localhost", &user("scram"), query)).unwrap_err();
                 assert!(wrong.contains("password authentication failed"), "{wrong}");
