@@ -38,20 +38,24 @@ mkdir -p "$TLS"
 ca() {  # ca NAME: a self-signed CA, NAME.pem and NAME.key
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj "/CN=infergate test $1" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$TLS/$1.key" -out "$TLS/$1.pem" 2>/dev/null
+    -addext "keyUsage=critical,keyCertSign,cRLSign" -keyout "$TLS/$1.key" -out "$TLS/$1.pem" 2>>"$TLS/openssl.log"
 }
 leaf() {  # leaf NAME CN EXTENSIONS: NAME.pem and NAME.key signed by ca
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=$2" \
-    -keyout "$TLS/$1.key" -out "$TLS/$1.csr" 2>/dev/null
-  printf 'basicConstraints=CA:FALSE\n%s\n' "$3" > "$TLS/$1.ext"
+    -keyout "$TLS/$1.key" -out "$TLS/$1.csr" 2>>"$TLS/openssl.log" &&
+  printf 'basicConstraints=CA:FALSE\n%s\n' "$3" > "$TLS/$1.ext" &&
   openssl x509 -req -in "$TLS/$1.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
-    -days 2 -extfile "$TLS/$1.ext" -out "$TLS/$1.pem" 2>/dev/null
+    -days 2 -extfile "$TLS/$1.ext" -out "$TLS/$1.pem" 2>>"$TLS/openssl.log"
 }
-ca ca
-ca other-ca
-leaf server localhost "subjectAltName=DNS:localhost
-extendedKeyUsage=serverAuth"
-leaf client infergate_cert "extendedKeyUsage=clientAuth"
+# openssl's progress goes to a log, shown only when a step fails (each step chained with &&:
+# set -e does not apply on the left of ||).
+certificates() {
+  ca ca && ca other-ca &&
+    leaf server localhost "subjectAltName=DNS:localhost
+extendedKeyUsage=serverAuth" &&
+    leaf client infergate_cert "extendedKeyUsage=clientAuth"
+}
+certificates || { echo "openssl failed:" >&2; cat "$TLS/openssl.log" >&2; exit 1; }
 chmod 600 "$TLS"/*.key
 if [ ${#AS[@]} -gt 0 ]; then chown -R postgres "$TLS"; fi
 
