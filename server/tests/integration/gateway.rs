@@ -220,6 +220,61 @@ async fn a_cancelled_request_is_never_executed() {
 }
 
 #[tokio::test]
+async fn a_batch_dispatched_ahead_is_dropped_when_all_its_callers_leave() {
+    let (repo, factory) = fake(
+        Behavior::Slow(Duration::from_millis(100)),
+        batching(
+            DynamicBatching {
+                dispatch_ahead_rows: 1,
+                ..DynamicBatching::default()
+            },
+            8,
+        ),
+        1,
+    );
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
+    let send = |value: f32| {
+        let g = Arc::clone(&gateway);
+        tokio::spawn(async move { call(&g, request(1, value)).await })
+    };
+    let busy = send(1.0);
+    wait_for(&factory, 1).await;
+    // Dispatched ahead at once (one row is enough): it waits in the model's queue behind the
+    // running batch, where its callers leave.
+    let (b, c) = (send(2.0), send(3.0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    b.abort();
+    c.abort();
+    assert_eq!(busy.await.unwrap().unwrap(), vec![1.0, 1.0]);
+    assert_eq!(
+        call(&gateway, request(1, 4.0)).await.unwrap(),
+        vec![4.0, 4.0]
+    );
+    assert_eq!(
+        factory.executions.load(Ordering::SeqCst),
+        2,
+        "only 1 and 4 ran"
+    );
+    let cancelled = |n: usize| {
+        gateway.metrics.encode().contains(&format!(
+            r#"infergate_rejected_requests_total{{model="fake",cause="cancelled"}} {n}"#
+        ))
+    };
+    assert!(cancelled(2));
+
+    // A batch that one caller still waits for runs, and answers that caller.
+    let busy = send(5.0);
+    wait_for(&factory, 3).await;
+    let (d, e) = (send(6.0), send(7.0));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    d.abort();
+    assert_eq!(busy.await.unwrap().unwrap(), vec![5.0, 5.0]);
+    assert_eq!(e.await.unwrap().unwrap(), vec![7.0, 7.0]);
+    assert_eq!(factory.executions.load(Ordering::SeqCst), 4);
+    assert!(cancelled(2));
+}
+
+#[tokio::test]
 async fn a_request_past_its_deadline_fails_without_running() {
     let (repo, factory) = fake(
         Behavior::Slow(Duration::from_millis(150)),

@@ -321,8 +321,12 @@ where
                     self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
                     let inner = self.inner.clone();
                     let done = Arc::clone(&self.done);
+                    let (metrics, name) = (Arc::clone(&self.metrics), self.name.clone());
                     tokio::spawn(async move {
-                        execute(inner, batch).await;
+                        let gone = execute(inner, batch).await;
+                        for _ in 0..gone {
+                            metrics.reject(&name, "cancelled");
+                        }
                         drop(permit);
                         done.notify_one();
                     });
@@ -345,8 +349,11 @@ where
     }
 }
 
-/// Runs one batch through the inner service and answers every request in it.
-async fn execute<S>(inner: S, mut batch: Vec<Pending>)
+/// Runs one batch through the inner service and answers every request in it. Returns how many
+/// requests were dropped unrun because every caller of the batch went away first: a batch
+/// dispatched ahead waits in the model's queue, and the model's worker skips a job that nobody
+/// waits for.
+async fn execute<S>(inner: S, mut batch: Vec<Pending>) -> usize
 where
     S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
 {
@@ -365,22 +372,51 @@ where
         p.waiting = tracing::Span::none();
     }
     if batch.len() == 1 {
-        let p = batch.pop().expect("one request");
+        let mut p = batch.pop().expect("one request");
         let queued = started - p.enqueued;
-        let result = inner.oneshot(p.req).instrument(span).await.map(|mut resp| {
+        let run = inner.oneshot(p.req).instrument(span);
+        let Some(result) = unless_all_gone(run, &mut [&mut p.reply]).await else {
+            return 1;
+        };
+        let _ = p.reply.send(result.map(|mut resp| {
             resp.timings.queue += queued;
             resp
-        });
-        let _ = p.reply.send(result);
-        return;
+        }));
+        return 0;
     }
     let combined = match concat(&mut batch) {
         Ok(req) => req,
-        Err(e) => return fail_all(batch, &e),
+        Err(e) => {
+            fail_all(batch, &e);
+            return 0;
+        }
     };
-    match inner.oneshot(combined).instrument(span).await {
-        Ok(resp) => split(batch, resp, started),
-        Err(e) => fail_all(batch, &ServeError::classify(e.as_ref())),
+    let run = inner.oneshot(combined).instrument(span);
+    let mut replies: Vec<_> = batch.iter_mut().map(|p| &mut p.reply).collect();
+    let out = unless_all_gone(run, &mut replies).await;
+    match out {
+        Some(Ok(resp)) => split(batch, resp, started),
+        Some(Err(e)) => fail_all(batch, &ServeError::classify(e.as_ref())),
+        None => return batch.len(),
+    }
+    0
+}
+
+/// `run`'s output, or `None` once every reply's receiver is dropped; `run` is dropped then, which
+/// cancels it if the model's worker has not picked it up.
+async fn unless_all_gone<T>(
+    run: impl Future<Output = T>,
+    replies: &mut [&mut oneshot::Sender<Reply>],
+) -> Option<T> {
+    let gone = async {
+        for reply in replies.iter_mut() {
+            reply.closed().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        out = run => Some(out),
+        () = gone => None,
     }
 }
 
