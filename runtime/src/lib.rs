@@ -40,6 +40,9 @@ pub enum RuntimeError {
     /// The model version's request channel is full.
     #[error("model '{0}' is overloaded: request queue is full")]
     QueueFull(String),
+    /// The job's deadline passed before a worker could start it.
+    #[error("request to model '{0}' timed out before it could start")]
+    DeadlineExceeded(String),
     /// The model version is unloading or its workers stopped.
     #[error("model '{0}' is not available")]
     Unavailable(String),

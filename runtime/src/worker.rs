@@ -36,6 +36,8 @@ pub struct InferOutput {
 struct Job {
     inputs: Vec<NamedTensor>,
     enqueued: Instant,
+    /// A worker that picks the job up later fails it with `DeadlineExceeded` without running it.
+    start_by: Option<Instant>,
     reply: oneshot::Sender<Result<InferOutput, RuntimeError>>,
 }
 
@@ -138,10 +140,24 @@ impl Model {
         impl Future<Output = Result<InferOutput, RuntimeError>> + Send + 'static,
         RuntimeError,
     > {
+        self.infer_by(inputs, None)
+    }
+
+    /// [`infer`](Self::infer) for a job that must start by `start_by`: a worker that frees up
+    /// later answers `DeadlineExceeded` without running it.
+    pub fn infer_by(
+        &self,
+        inputs: Vec<NamedTensor>,
+        start_by: Option<Instant>,
+    ) -> Result<
+        impl Future<Output = Result<InferOutput, RuntimeError>> + Send + 'static,
+        RuntimeError,
+    > {
         let (reply, rx) = oneshot::channel();
         let job = Job {
             inputs,
             enqueued: Instant::now(),
+            start_by,
             reply,
         };
         match self.inner.sender.try_send(job) {
@@ -219,6 +235,12 @@ impl Worker {
         while let Ok(job) = self.receiver.recv() {
             if job.reply.is_closed() {
                 self.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if job.start_by.is_some_and(|by| Instant::now() >= by) {
+                let _ = job
+                    .reply
+                    .send(Err(RuntimeError::DeadlineExceeded(self.name.clone())));
                 continue;
             }
             let mut timings = StageTimings {
@@ -385,6 +407,30 @@ mod tests {
         assert_eq!(last.outputs[0].tensor.to_vec::<f32>(), Some(vec![9.0]));
         assert_eq!(model.cancelled_count(), 3);
         assert_eq!(factory.executions.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_picked_up_after_its_start_by_fails_unrun() {
+        let (model, factory) = start(Behavior::Slow(Duration::from_millis(100)), 1, 8);
+        let running = model.infer(input(0.0)).unwrap();
+        while model.queue_len() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let soon = Instant::now() + Duration::from_millis(10);
+        let later = Instant::now() + Duration::from_secs(30);
+        let late = model.infer_by(input(1.0), Some(soon)).unwrap();
+        let in_time = model.infer_by(input(2.0), Some(later)).unwrap();
+        let unbounded = model.infer_by(input(3.0), None).unwrap();
+        running.await.unwrap();
+        assert!(matches!(
+            late.await,
+            Err(RuntimeError::DeadlineExceeded(ref name)) if name == "fake:1"
+        ));
+        for (job, value) in [(in_time, 2.0), (unbounded, 3.0)] {
+            let out = job.await.unwrap();
+            assert_eq!(out.outputs[0].tensor.to_vec::<f32>(), Some(vec![value]));
+        }
+        assert_eq!(factory.executions.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]

@@ -109,6 +109,7 @@ impl ServeError {
                 RuntimeError::InvalidInput(_) | RuntimeError::Tensor(_) => ErrorKind::InvalidInput,
                 RuntimeError::QueueFull(_) => ErrorKind::Overloaded,
                 RuntimeError::Unavailable(_) => ErrorKind::NotReady,
+                RuntimeError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
                 _ => ErrorKind::Internal,
             };
             return Self::new(kind, e.to_string());
@@ -177,5 +178,7 @@ mod tests {
         assert_eq!(ServeError::from(bad).kind, ErrorKind::Internal);
         let nul: BoxError = Box::new(RuntimeError::InvalidInput("nul".into()));
         assert_eq!(ServeError::from(nul).kind, ErrorKind::InvalidInput);
+        let late: BoxError = Box::new(RuntimeError::DeadlineExceeded("m".into()));
+        assert_eq!(ServeError::from(late).kind, ErrorKind::DeadlineExceeded);
     }
 }

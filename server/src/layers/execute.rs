@@ -66,9 +66,20 @@ impl Service<InferRequest> for Execute {
                 queue_us = tracing::field::Empty,
                 compute_us = tracing::field::Empty,
             );
+            // The deadline is checked again when a worker picks the job up: it may wait in the
+            // model's queue for a busy instance (or behind a batch dispatched ahead).
+            let start_by = req.deadline.map(Instant::into_std);
             let output = {
                 use tracing::Instrument as _;
-                target.model.infer(inputs)?.instrument(span.clone()).await?
+                let run = target.model.infer_by(inputs, start_by)?;
+                match run.instrument(span.clone()).await {
+                    Ok(output) => output,
+                    Err(infergate_runtime::RuntimeError::DeadlineExceeded(_)) => {
+                        metrics.reject(&target.name, "deadline");
+                        return Err(deadline_exceeded(&target.name).into());
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             };
             span.record("queue_us", output.timings.queue.as_micros() as u64);
             span.record(

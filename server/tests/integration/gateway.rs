@@ -306,6 +306,97 @@ async fn a_request_past_its_deadline_fails_without_running() {
     );
 }
 
+/// `request` with the `timeout` parameter (µs until it must have started).
+fn with_timeout(mut req: InferRequest, us: i64) -> InferRequest {
+    req.parameters
+        .push(("timeout".into(), ParamValue::Int64(us)));
+    req.apply_parameters().unwrap();
+    req
+}
+
+#[tokio::test]
+async fn a_deadline_passed_in_the_models_own_queue_fails_without_running() {
+    // Without batching the request waits in the model's queue for the busy instance; with a
+    // batch dispatched ahead, the batch waits there behind the running one.
+    let ahead = DynamicBatching {
+        dispatch_ahead_rows: 1,
+        ..DynamicBatching::default()
+    };
+    for config in [ModelConfig::default(), batching(ahead, 8)] {
+        let (repo, factory) = fake(Behavior::Slow(Duration::from_millis(100)), config, 1);
+        let gateway = Gateway::new(Config::default(), repo).unwrap();
+        let busy = tokio::spawn({
+            let g = Arc::clone(&gateway);
+            async move { call(&g, request(1, 1.0)).await }
+        });
+        wait_for(&factory, 1).await;
+        let late = |value: f32| {
+            let g = Arc::clone(&gateway);
+            tokio::spawn(async move { call(&g, with_timeout(request(1, value), 20_000)).await })
+        };
+        // With batching, both form one batch, which must start by the later deadline.
+        let (b, c) = (late(2.0), late(3.0));
+        for task in [b, c] {
+            let err = task.await.unwrap().unwrap_err();
+            assert_eq!(err.kind, ErrorKind::DeadlineExceeded);
+            assert!(
+                err.message.contains("before it could start"),
+                "{}",
+                err.message
+            );
+        }
+        busy.await.unwrap().unwrap();
+        // A request with time enough still runs behind it.
+        assert_eq!(
+            call(&gateway, with_timeout(request(1, 4.0), 1_000_000))
+                .await
+                .unwrap(),
+            vec![4.0, 4.0]
+        );
+        assert_eq!(
+            factory.executions.load(Ordering::SeqCst),
+            2,
+            "only 1 and 4 ran"
+        );
+        assert!(
+            gateway
+                .metrics
+                .encode()
+                .contains(r#"infergate_rejected_requests_total{model="fake",cause="deadline"} 2"#)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_batch_dispatched_ahead_runs_while_one_of_its_requests_can_start_in_time() {
+    let ahead = DynamicBatching {
+        dispatch_ahead_rows: 1,
+        ..DynamicBatching::default()
+    };
+    let (repo, factory) = fake(
+        Behavior::Slow(Duration::from_millis(100)),
+        batching(ahead, 8),
+        1,
+    );
+    let gateway = Gateway::new(Config::default(), repo).unwrap();
+    let send = |req: InferRequest| {
+        let g = Arc::clone(&gateway);
+        tokio::spawn(async move { call(&g, req).await })
+    };
+    let busy = send(request(1, 1.0));
+    wait_for(&factory, 1).await;
+    // One batch: the first deadline passes while it waits, the second does not. As in Triton,
+    // a batch that starts in time for one of its requests answers all of them.
+    let (b, c) = (
+        send(with_timeout(request(1, 2.0), 20_000)),
+        send(with_timeout(request(1, 3.0), 1_000_000)),
+    );
+    busy.await.unwrap().unwrap();
+    assert_eq!(b.await.unwrap().unwrap(), vec![2.0, 2.0]);
+    assert_eq!(c.await.unwrap().unwrap(), vec![3.0, 3.0]);
+    assert_eq!(factory.executions.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn a_full_queue_is_a_503_error_value() {
     let settings = DynamicBatching {

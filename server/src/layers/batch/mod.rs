@@ -323,10 +323,7 @@ where
                     let done = Arc::clone(&self.done);
                     let (metrics, name) = (Arc::clone(&self.metrics), self.name.clone());
                     tokio::spawn(async move {
-                        let gone = execute(inner, batch).await;
-                        for _ in 0..gone {
-                            metrics.reject(&name, "cancelled");
-                        }
+                        execute(inner, batch, &metrics, &name).await;
                         drop(permit);
                         done.notify_one();
                     });
@@ -349,11 +346,11 @@ where
     }
 }
 
-/// Runs one batch through the inner service and answers every request in it. Returns how many
-/// requests were dropped unrun because every caller of the batch went away first: a batch
+/// Runs one batch through the inner service and answers every request in it. A batch whose
+/// callers have all gone away before it starts is dropped unrun and counted as cancelled: a batch
 /// dispatched ahead waits in the model's queue, and the model's worker skips a job that nobody
 /// waits for.
-async fn execute<S>(inner: S, mut batch: Vec<Pending>) -> usize
+async fn execute<S>(inner: S, mut batch: Vec<Pending>, metrics: &Metrics, name: &str)
 where
     S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
 {
@@ -375,31 +372,42 @@ where
         let mut p = batch.pop().expect("one request");
         let queued = started - p.enqueued;
         let run = inner.oneshot(p.req).instrument(span);
-        let Some(result) = unless_all_gone(run, &mut [&mut p.reply]).await else {
-            return 1;
-        };
-        let _ = p.reply.send(result.map(|mut resp| {
-            resp.timings.queue += queued;
-            resp
-        }));
-        return 0;
+        match unless_all_gone(run, &mut [&mut p.reply]).await {
+            Some(result) => {
+                let _ = p.reply.send(result.map(|mut resp| {
+                    resp.timings.queue += queued;
+                    resp
+                }));
+            }
+            None => metrics.reject(name, "cancelled"),
+        }
+        return;
     }
     let combined = match concat(&mut batch) {
         Ok(req) => req,
-        Err(e) => {
-            fail_all(batch, &e);
-            return 0;
-        }
+        Err(e) => return fail_all(batch, &e),
     };
     let run = inner.oneshot(combined).instrument(span);
     let mut replies: Vec<_> = batch.iter_mut().map(|p| &mut p.reply).collect();
     let out = unless_all_gone(run, &mut replies).await;
     match out {
         Some(Ok(resp)) => split(batch, resp, started),
-        Some(Err(e)) => fail_all(batch, &ServeError::classify(e.as_ref())),
-        None => return batch.len(),
+        Some(Err(e)) => {
+            let e = ServeError::classify(e.as_ref());
+            if e.kind == ErrorKind::DeadlineExceeded {
+                // Execute counted the batch once; the counter is per request.
+                for _ in 1..batch.len() {
+                    metrics.reject(name, "deadline");
+                }
+            }
+            fail_all(batch, &e);
+        }
+        None => {
+            for _ in 0..batch.len() {
+                metrics.reject(name, "cancelled");
+            }
+        }
     }
-    0
 }
 
 /// `run`'s output, or `None` once every reply's receiver is dropped; `run` is dropped then, which
@@ -433,6 +441,13 @@ fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
     let mut combined =
         InferRequest::new(first.model.clone(), first.version.clone(), first.protocol);
     combined.target = first.target.clone();
+    // The batch must start by the latest of its requests' deadlines (none if one has none):
+    // until then, some request in it can still start in time.
+    combined.deadline = batch
+        .iter()
+        .map(|p| p.req.deadline)
+        .collect::<Option<Vec<_>>>()
+        .and_then(|deadlines| deadlines.into_iter().max());
     let total: usize = batch.iter().map(|p| p.rows).sum();
     for input in &first.inputs {
         let parts: Vec<&Tensor> = batch
