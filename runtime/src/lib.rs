@@ -14,7 +14,7 @@ mod worker;
 pub use backend::{Backend, BackendFactory, NamedTensor, StageTimings};
 pub use signature::{Signature, TensorSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorError, element_count};
-pub use worker::{InferOutput, Model, ModelOptions};
+pub use worker::{InferOutput, Model, ModelOptions, StartIf};
 
 /// Errors of model loading and execution.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +40,9 @@ pub enum RuntimeError {
     /// The model version's request channel is full.
     #[error("model '{0}' is overloaded: request queue is full")]
     QueueFull(String),
+    /// Nobody waited for the job's answer any more when a worker picked it up.
+    #[error("request to model '{0}' was abandoned by its callers before it started")]
+    Abandoned(String),
     /// The job's deadline passed before a worker could start it.
     #[error("request to model '{0}' timed out before it could start")]
     DeadlineExceeded(String),

@@ -3,7 +3,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -33,11 +33,28 @@ pub struct InferOutput {
     pub timings: StageTimings,
 }
 
+/// When a queued job may still start.
+#[derive(Debug, Clone, Default)]
+pub struct StartIf {
+    /// The latest time it may start.
+    pub by: Option<Instant>,
+    /// Raised once nobody waits for the answer: a worker skips the job if it has not started it
+    /// (one already running it finishes).
+    pub abandoned: Option<Arc<AtomicBool>>,
+}
+
+impl StartIf {
+    fn is_abandoned(&self) -> bool {
+        self.abandoned
+            .as_ref()
+            .is_some_and(|a| a.load(Ordering::Acquire))
+    }
+}
+
 struct Job {
     inputs: Vec<NamedTensor>,
     enqueued: Instant,
-    /// A worker that picks the job up later fails it with `DeadlineExceeded` without running it.
-    start_by: Option<Instant>,
+    start: StartIf,
     reply: oneshot::Sender<Result<InferOutput, RuntimeError>>,
 }
 
@@ -140,15 +157,16 @@ impl Model {
         impl Future<Output = Result<InferOutput, RuntimeError>> + Send + 'static,
         RuntimeError,
     > {
-        self.infer_by(inputs, None)
+        self.infer_by(inputs, StartIf::default())
     }
 
-    /// [`infer`](Self::infer) for a job that must start by `start_by`: a worker that frees up
-    /// later answers `DeadlineExceeded` without running it.
+    /// [`infer`](Self::infer) for a job that starts only while `start` allows: a worker that
+    /// picks it up after its deadline answers `DeadlineExceeded`, and one that picks it up once it
+    /// is abandoned answers `Abandoned`, without running it.
     pub fn infer_by(
         &self,
         inputs: Vec<NamedTensor>,
-        start_by: Option<Instant>,
+        start: StartIf,
     ) -> Result<
         impl Future<Output = Result<InferOutput, RuntimeError>> + Send + 'static,
         RuntimeError,
@@ -157,7 +175,7 @@ impl Model {
         let job = Job {
             inputs,
             enqueued: Instant::now(),
-            start_by,
+            start,
             reply,
         };
         match self.inner.sender.try_send(job) {
@@ -237,7 +255,14 @@ impl Worker {
                 self.cancelled.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            if job.start_by.is_some_and(|by| Instant::now() >= by) {
+            if job.start.is_abandoned() {
+                self.cancelled.fetch_add(1, Ordering::Relaxed);
+                let _ = job
+                    .reply
+                    .send(Err(RuntimeError::Abandoned(self.name.clone())));
+                continue;
+            }
+            if job.start.by.is_some_and(|by| Instant::now() >= by) {
                 let _ = job
                     .reply
                     .send(Err(RuntimeError::DeadlineExceeded(self.name.clone())));
@@ -418,9 +443,13 @@ mod tests {
         }
         let soon = Instant::now() + Duration::from_millis(10);
         let later = Instant::now() + Duration::from_secs(30);
-        let late = model.infer_by(input(1.0), Some(soon)).unwrap();
-        let in_time = model.infer_by(input(2.0), Some(later)).unwrap();
-        let unbounded = model.infer_by(input(3.0), None).unwrap();
+        let by = |by| StartIf {
+            by,
+            abandoned: None,
+        };
+        let late = model.infer_by(input(1.0), by(Some(soon))).unwrap();
+        let in_time = model.infer_by(input(2.0), by(Some(later))).unwrap();
+        let unbounded = model.infer_by(input(3.0), by(None)).unwrap();
         running.await.unwrap();
         assert!(matches!(
             late.await,
@@ -431,6 +460,29 @@ mod tests {
             assert_eq!(out.outputs[0].tensor.to_vec::<f32>(), Some(vec![value]));
         }
         assert_eq!(factory.executions.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_job_is_skipped_unless_it_has_started() {
+        let (model, factory) = start(Behavior::Slow(Duration::from_millis(100)), 1, 8);
+        let flag = || Arc::new(AtomicBool::new(false));
+        let (first, second) = (flag(), flag());
+        let abandoned = |flag: &Arc<AtomicBool>| StartIf {
+            by: None,
+            abandoned: Some(Arc::clone(flag)),
+        };
+        let running = model.infer_by(input(1.0), abandoned(&first)).unwrap();
+        while model.queue_len() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let queued = model.infer_by(input(2.0), abandoned(&second)).unwrap();
+        first.store(true, Ordering::Release);
+        second.store(true, Ordering::Release);
+        // The running job finishes; the queued one is skipped.
+        assert!(running.await.is_ok());
+        assert!(matches!(queued.await, Err(RuntimeError::Abandoned(_))));
+        assert_eq!(factory.executions.load(Ordering::SeqCst), 1);
+        assert_eq!(model.cancelled_count(), 1);
     }
 
     #[tokio::test]

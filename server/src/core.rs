@@ -62,6 +62,9 @@ pub struct InferRequest {
     /// The request's trace span (the front end's, current when the request was made): a
     /// batch that serves it links to it.
     pub span: tracing::Span,
+    /// Set by the batch layer on the request it runs: raised once every caller in the batch has
+    /// gone away, so that the model's worker skips it if it has not started it.
+    pub abandoned: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl InferRequest {
@@ -80,6 +83,7 @@ impl InferRequest {
             deadline: None,
             priority: 0,
             span: tracing::Span::current(),
+            abandoned: None,
         }
     }
 

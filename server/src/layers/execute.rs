@@ -66,12 +66,16 @@ impl Service<InferRequest> for Execute {
                 queue_us = tracing::field::Empty,
                 compute_us = tracing::field::Empty,
             );
-            // The deadline is checked again when a worker picks the job up: it may wait in the
-            // model's queue for a busy instance (or behind a batch dispatched ahead).
-            let start_by = req.deadline.map(Instant::into_std);
+            // The deadline (and a batch's abandonment) is checked again when a worker picks the
+            // job up: it may wait in the model's queue for a busy instance, or behind a batch
+            // dispatched ahead.
+            let start = infergate_runtime::StartIf {
+                by: req.deadline.map(Instant::into_std),
+                abandoned: req.abandoned.take(),
+            };
             let output = {
                 use tracing::Instrument as _;
-                let run = target.model.infer_by(inputs, start_by)?;
+                let run = target.model.infer_by(inputs, start)?;
                 match run.instrument(span.clone()).await {
                     Ok(output) => output,
                     Err(infergate_runtime::RuntimeError::DeadlineExceeded(_)) => {

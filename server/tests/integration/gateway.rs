@@ -275,6 +275,33 @@ async fn a_batch_dispatched_ahead_is_dropped_when_all_its_callers_leave() {
 }
 
 #[tokio::test]
+async fn a_batch_whose_callers_leave_while_it_runs_finishes_and_is_recorded() {
+    let (repo, factory) = fake(
+        Behavior::Slow(Duration::from_millis(100)),
+        batching(DynamicBatching::default(), 8),
+        1,
+    );
+    let gateway = Gateway::new(Config::default(), repo.clone()).unwrap();
+    let running = tokio::spawn({
+        let g = Arc::clone(&gateway);
+        async move { call(&g, request(1, 1.0)).await }
+    });
+    wait_for(&factory, 1).await;
+    running.abort();
+    // It was not cancelled before it ran: the execution finishes and counts.
+    let stats = &repo.resolve("fake", None).unwrap().stats;
+    for _ in 0..100 {
+        if stats.execution_count.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(stats.execution_count.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.inference_count.load(Ordering::Relaxed), 1);
+    assert!(!gateway.metrics.encode().contains(r#"cause="cancelled""#));
+}
+
+#[tokio::test]
 async fn a_request_past_its_deadline_fails_without_running() {
     let (repo, factory) = fake(
         Behavior::Slow(Duration::from_millis(150)),

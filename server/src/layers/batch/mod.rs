@@ -7,7 +7,7 @@
 mod queue;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
@@ -347,9 +347,8 @@ where
 }
 
 /// Runs one batch through the inner service and answers every request in it. A batch whose
-/// callers have all gone away before it starts is dropped unrun and counted as cancelled: a batch
-/// dispatched ahead waits in the model's queue, and the model's worker skips a job that nobody
-/// waits for.
+/// callers have all gone away before it starts is skipped and counted as cancelled: a batch
+/// dispatched ahead waits in the model's queue, where the model's worker skips an abandoned job.
 async fn execute<S>(inner: S, mut batch: Vec<Pending>, metrics: &Metrics, name: &str)
 where
     S: Service<InferRequest, Response = InferResponse, Error = BoxError>,
@@ -368,31 +367,38 @@ where
         // The wait is over.
         p.waiting = tracing::Span::none();
     }
+    let abandoned = Arc::new(AtomicBool::new(false));
     if batch.len() == 1 {
         let mut p = batch.pop().expect("one request");
         let queued = started - p.enqueued;
+        p.req.abandoned = Some(Arc::clone(&abandoned));
         let run = inner.oneshot(p.req).instrument(span);
-        match unless_all_gone(run, &mut [&mut p.reply]).await {
-            Some(result) => {
-                let _ = p.reply.send(result.map(|mut resp| {
-                    resp.timings.queue += queued;
-                    resp
-                }));
-            }
-            None => metrics.reject(name, "cancelled"),
+        let result = watch_callers(run, &mut [&mut p.reply], &abandoned).await;
+        if result.as_ref().is_err_and(is_abandoned) {
+            return metrics.reject(name, "cancelled");
         }
+        let _ = p.reply.send(result.map(|mut resp| {
+            resp.timings.queue += queued;
+            resp
+        }));
         return;
     }
-    let combined = match concat(&mut batch) {
+    let mut combined = match concat(&mut batch) {
         Ok(req) => req,
         Err(e) => return fail_all(batch, &e),
     };
+    combined.abandoned = Some(Arc::clone(&abandoned));
     let run = inner.oneshot(combined).instrument(span);
     let mut replies: Vec<_> = batch.iter_mut().map(|p| &mut p.reply).collect();
-    let out = unless_all_gone(run, &mut replies).await;
-    match out {
-        Some(Ok(resp)) => split(batch, resp, started),
-        Some(Err(e)) => {
+    let result = watch_callers(run, &mut replies, &abandoned).await;
+    match result {
+        Ok(resp) => split(batch, resp, started),
+        Err(e) if is_abandoned(&e) => {
+            for _ in 0..batch.len() {
+                metrics.reject(name, "cancelled");
+            }
+        }
+        Err(e) => {
             let e = ServeError::classify(e.as_ref());
             if e.kind == ErrorKind::DeadlineExceeded {
                 // Execute counted the batch once; the counter is per request.
@@ -402,20 +408,17 @@ where
             }
             fail_all(batch, &e);
         }
-        None => {
-            for _ in 0..batch.len() {
-                metrics.reject(name, "cancelled");
-            }
-        }
     }
 }
 
-/// `run`'s output, or `None` once every reply's receiver is dropped; `run` is dropped then, which
-/// cancels it if the model's worker has not picked it up.
-async fn unless_all_gone<T>(
+/// Awaits `run`, raising `abandoned` once every reply's receiver is dropped: the model's worker
+/// then skips the job if it has not started it, and a running one finishes (and is recorded).
+async fn watch_callers<T>(
     run: impl Future<Output = T>,
     replies: &mut [&mut oneshot::Sender<Reply>],
-) -> Option<T> {
+    abandoned: &AtomicBool,
+) -> T {
+    tokio::pin!(run);
     let gone = async {
         for reply in replies.iter_mut() {
             reply.closed().await;
@@ -423,9 +426,18 @@ async fn unless_all_gone<T>(
     };
     tokio::select! {
         biased;
-        out = run => Some(out),
-        () = gone => None,
+        out = &mut run => return out,
+        () = gone => abandoned.store(true, Ordering::Release),
     }
+    run.await
+}
+
+/// Whether the model's worker skipped the job because nobody waited for it.
+fn is_abandoned(e: &BoxError) -> bool {
+    matches!(
+        e.downcast_ref::<infergate_runtime::RuntimeError>(),
+        Some(infergate_runtime::RuntimeError::Abandoned(_))
+    )
 }
 
 fn fail_all(batch: Vec<Pending>, e: &ServeError) {
