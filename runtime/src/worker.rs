@@ -336,6 +336,13 @@ mod tests {
         (Model::start(factory.clone(), options).unwrap(), factory)
     }
 
+    /// Waits until a worker has taken every queued job.
+    async fn taken(model: &Model) {
+        while model.queue_len() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn input(v: f32) -> Vec<NamedTensor> {
         vec![NamedTensor::new(
             "INPUT0",
@@ -394,9 +401,7 @@ mod tests {
         let (model, _) = start(Behavior::Slow(Duration::from_millis(300)), 1, 1);
         let first = model.infer(input(1.0)).unwrap();
         // Wait until the worker has taken the first job, then fill the single slot.
-        while model.queue_len() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        taken(&model).await;
         let second = model.infer(input(2.0)).unwrap();
         let third = model.infer(input(3.0));
         assert!(matches!(third, Err(RuntimeError::QueueFull(ref name)) if name == "fake:1"));
@@ -421,9 +426,7 @@ mod tests {
     async fn jobs_whose_caller_went_away_are_skipped_and_counted() {
         let (model, factory) = start(Behavior::Slow(Duration::from_millis(200)), 1, 8);
         let running = model.infer(input(0.0)).unwrap();
-        while model.queue_len() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        taken(&model).await;
         for i in 0..3 {
             drop(model.infer(input(i as f32)).unwrap());
         }
@@ -438,9 +441,7 @@ mod tests {
     async fn a_job_picked_up_after_its_start_by_fails_unrun() {
         let (model, factory) = start(Behavior::Slow(Duration::from_millis(100)), 1, 8);
         let running = model.infer(input(0.0)).unwrap();
-        while model.queue_len() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        taken(&model).await;
         let soon = Instant::now() + Duration::from_millis(10);
         let later = Instant::now() + Duration::from_secs(30);
         let by = |by| StartIf {
@@ -472,9 +473,7 @@ mod tests {
             abandoned: Some(Arc::clone(flag)),
         };
         let running = model.infer_by(input(1.0), abandoned(&first)).unwrap();
-        while model.queue_len() > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        taken(&model).await;
         let queued = model.infer_by(input(2.0), abandoned(&second)).unwrap();
         first.store(true, Ordering::Release);
         second.store(true, Ordering::Release);
