@@ -473,7 +473,10 @@ mod tests {
             abandoned: Some(Arc::clone(flag)),
         };
         let running = model.infer_by(input(1.0), abandoned(&first)).unwrap();
-        taken(&model).await;
+        // Started, not only taken from the queue: the flag is read between the two.
+        while factory.executions.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let queued = model.infer_by(input(2.0), abandoned(&second)).unwrap();
         first.store(true, Ordering::Release);
         second.store(true, Ordering::Release);
