@@ -83,29 +83,35 @@ struct TlsParams {
 /// string tokio-postgres is given, with `sslmode` mapped onto the modes it knows and the
 /// certificate files taken out, and the TLS parameters. The error names the parameter.
 fn split(conn: &str) -> Result<(String, TlsParams), String> {
+    // Each pair as written, then its key and value; what goes before them, and between.
+    let (base, pairs, separator) =
+        if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+            let (base, query) = conn.split_once('?').unwrap_or((conn, ""));
+            let pairs = query
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    Ok((
+                        pair.to_owned(),
+                        percent_decode(key)?,
+                        percent_decode(value)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            (format!("{base}?"), pairs, "&")
+        } else {
+            (String::new(), key_values(conn)?, " ")
+        };
     let mut taken = Taken::default();
-    let rest = if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
-        let (base, query) = conn.split_once('?').unwrap_or((conn, ""));
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if !taken.take(&percent_decode(key)?, &percent_decode(value)?)? {
-                kept.push(pair.to_owned());
-            }
+    let mut kept = Vec::new();
+    for (raw, key, value) in pairs {
+        if !taken.take(&key, &value)? {
+            kept.push(raw);
         }
-        kept.push(format!("sslmode={}", taken.mode()?.driver()));
-        format!("{base}?{}", kept.join("&"))
-    } else {
-        let mut kept = Vec::new();
-        for (raw, key, value) in key_values(conn)? {
-            if !taken.take(&key, &value)? {
-                kept.push(raw);
-            }
-        }
-        kept.push(format!("sslmode={}", taken.mode()?.driver()));
-        kept.join(" ")
-    };
-    Ok((rest, taken.finish()?))
+    }
+    kept.push(format!("sslmode={}", taken.mode()?.driver()));
+    Ok((format!("{base}{}", kept.join(separator)), taken.finish()?))
 }
 
 /// The TLS parameters found so far.

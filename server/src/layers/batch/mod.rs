@@ -152,7 +152,7 @@ impl BatchHandle {
             ahead_rows,
             done: Arc::new(Notify::new()),
             queued,
-            name,
+            name: name.into(),
             metrics,
         };
         tokio::spawn(worker.run(rx));
@@ -230,7 +230,7 @@ struct Worker<S> {
     /// Signalled whenever a batch finishes.
     done: Arc<Notify>,
     queued: Arc<AtomicUsize>,
-    name: String,
+    name: Arc<str>,
     metrics: Arc<Metrics>,
 }
 
@@ -321,7 +321,7 @@ where
                     self.queued.fetch_sub(batch.len(), Ordering::AcqRel);
                     let inner = self.inner.clone();
                     let done = Arc::clone(&self.done);
-                    let (metrics, name) = (Arc::clone(&self.metrics), self.name.clone());
+                    let (metrics, name) = (Arc::clone(&self.metrics), Arc::clone(&self.name));
                     tokio::spawn(async move {
                         execute(inner, batch, &metrics, &name).await;
                         drop(permit);
