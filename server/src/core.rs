@@ -65,6 +65,9 @@ pub struct InferRequest {
     /// Set by the batch layer on the request it runs: raised once every caller in the batch has
     /// gone away, so that the model's worker skips it if it has not started it.
     pub abandoned: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// How many callers' requests this one carries: 1, or the number the batch layer combined
+    /// into it. A refusal counts once per caller.
+    pub requests: usize,
 }
 
 impl InferRequest {
@@ -84,6 +87,7 @@ impl InferRequest {
             priority: 0,
             span: tracing::Span::current(),
             abandoned: None,
+            requests: 1,
         }
     }
 

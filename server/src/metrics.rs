@@ -326,12 +326,21 @@ impl Metrics {
 
     /// Counts a request refused or dropped before execution.
     pub fn reject(&self, model: &str, cause: &'static str) {
+        self.reject_many(model, cause, 1);
+    }
+
+    /// Counts `n` requests refused or dropped before execution together (a batch's); a
+    /// series appears with its first count, not before.
+    pub fn reject_many(&self, model: &str, cause: &'static str, n: usize) {
+        if n == 0 {
+            return;
+        }
         self.rejected
             .get_or_create(&RejectLabels {
                 model: model.to_string(),
                 cause,
             })
-            .inc();
+            .inc_by(n as u64);
     }
 
     /// Brings a counter that mirrors a total kept elsewhere up to `total`.

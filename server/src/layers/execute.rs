@@ -50,7 +50,7 @@ impl Service<InferRequest> for Execute {
                 .take()
                 .ok_or_else(|| ServeError::internal("request reached execution unresolved"))?;
             if req.deadline.is_some_and(|d| Instant::now() >= d) {
-                metrics.reject(&target.name, "deadline");
+                metrics.reject_many(&target.name, "deadline", req.requests);
                 return Err(deadline_exceeded(&target.name).into());
             }
             let rows = if target.config.max_batch_size > 0 {
@@ -79,7 +79,7 @@ impl Service<InferRequest> for Execute {
                 match run.instrument(span.clone()).await {
                     Ok(output) => output,
                     Err(infergate_runtime::RuntimeError::DeadlineExceeded(_)) => {
-                        metrics.reject(&target.name, "deadline");
+                        metrics.reject_many(&target.name, "deadline", req.requests);
                         return Err(deadline_exceeded(&target.name).into());
                     }
                     Err(e) => return Err(e.into()),

@@ -336,9 +336,7 @@ where
         let Pruned { expired, cancelled } = self.queue.prune(Instant::now());
         self.queued
             .fetch_sub(expired.len() + cancelled, Ordering::AcqRel);
-        for _ in 0..cancelled {
-            self.metrics.reject(&self.name, "cancelled");
-        }
+        self.metrics.reject_many(&self.name, "cancelled", cancelled);
         for p in expired {
             self.metrics.reject(&self.name, "deadline");
             let _ = p.reply.send(Err(deadline_exceeded(&self.name).into()));
@@ -393,21 +391,9 @@ where
     let result = watch_callers(run, &mut replies, &abandoned).await;
     match result {
         Ok(resp) => split(batch, resp, started),
-        Err(e) if is_abandoned(&e) => {
-            for _ in 0..batch.len() {
-                metrics.reject(name, "cancelled");
-            }
-        }
-        Err(e) => {
-            let e = ServeError::classify(e.as_ref());
-            if e.kind == ErrorKind::DeadlineExceeded {
-                // Execute counted the batch once; the counter is per request.
-                for _ in 1..batch.len() {
-                    metrics.reject(name, "deadline");
-                }
-            }
-            fail_all(batch, &e);
-        }
+        Err(e) if is_abandoned(&e) => metrics.reject_many(name, "cancelled", batch.len()),
+        // Execute counted a deadline once per request (`InferRequest::requests`).
+        Err(e) => fail_all(batch, &ServeError::classify(e.as_ref())),
     }
 }
 
@@ -453,6 +439,7 @@ fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
     let mut combined =
         InferRequest::new(first.model.clone(), first.version.clone(), first.protocol);
     combined.target = first.target.clone();
+    combined.requests = batch.len();
     // The batch must start by the latest of its requests' deadlines (none if one has none):
     // until then, some request in it can still start in time.
     combined.deadline = batch
