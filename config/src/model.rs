@@ -31,6 +31,67 @@ pub struct ModelConfig {
     /// idle scheduling class, where they run only on CPU nothing else wants (for shadow
     /// models: see docs/shadow-check.md).
     pub nice: i32,
+    /// Present: a text-embedding model (a transformer with its tokenizer and pooling); the
+    /// version folder holds `tokenizer.json` beside the network.
+    pub embedding: Option<TextEmbedding>,
+}
+
+/// Which engine runs an embedding model's transformer.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TextBackend {
+    /// ONNX Runtime on `model.onnx` (inputs `input_ids`, `attention_mask`, `token_type_ids`;
+    /// output `last_hidden_state`).
+    #[default]
+    Onnx,
+    /// candle's BERT on `model.safetensors` with its `config.json`.
+    Candle,
+}
+
+/// How token vectors become one sentence vector.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The mean of the real (unpadded) tokens.
+    Mean,
+    /// The first token (`[CLS]`).
+    Cls,
+    /// The last real token.
+    LastToken,
+}
+
+/// A text-embedding model's processing: tokenization, limits, pooling, normalization.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TextEmbedding {
+    pub backend: TextBackend,
+    /// None: read from `1_Pooling/config.json` in the version folder, else mean.
+    pub pooling: Option<Pooling>,
+    /// L2-normalize the pooled vector (a request may ask otherwise with `normalize`).
+    pub normalize: bool,
+    /// Longest input in tokens, special tokens included; none: `max_position_embeddings` of
+    /// the version's `config.json`, else 512. Longer inputs are refused unless the request
+    /// asks for truncation.
+    pub max_input_tokens: Option<u32>,
+    /// The model was trained so that a prefix of its vector is itself an embedding
+    /// (Matryoshka): clients may ask for fewer dimensions.
+    pub truncatable_dimensions: bool,
+    /// Tokenizations running at once for this model (the rest wait, off the async runtime);
+    /// none: the number of CPUs.
+    pub tokenizer_threads: Option<usize>,
+}
+
+impl Default for TextEmbedding {
+    fn default() -> Self {
+        Self {
+            backend: TextBackend::Onnx,
+            pooling: None,
+            normalize: true,
+            max_input_tokens: None,
+            truncatable_dimensions: false,
+            tokenizer_threads: None,
+        }
+    }
 }
 
 /// Triton-style dynamic batching settings.
@@ -55,6 +116,12 @@ pub struct DynamicBatching {
     /// moment it finishes instead of waiting for the gateway to form the next one; its
     /// requests can then no longer be cancelled or time out unrun. 0 = off.
     pub dispatch_ahead_rows: u32,
+    /// For models that take token sequences (embedding models): a batch closes once its padded
+    /// tokens (rows × longest row) would exceed this. 0 = only `max_batch_size` counts.
+    pub max_batch_tokens: u64,
+    /// For token sequences: a batch takes the waiting requests closest in length to its oldest
+    /// one first, so that little of it is padding; off = strictly in arrival order.
+    pub group_by_length: bool,
 }
 
 impl Default for DynamicBatching {
@@ -67,6 +134,8 @@ impl Default for DynamicBatching {
             default_priority_level: 1,
             default_timeout_us: 0,
             dispatch_ahead_rows: 0,
+            max_batch_tokens: 0,
+            group_by_length: true,
         }
     }
 }
@@ -204,6 +273,18 @@ impl ModelConfig {
                 errors.push(format!(
                     "{origin}: dynamic_batching.dispatch_ahead_rows ({}) must be at most max_batch_size ({})",
                     b.dispatch_ahead_rows, self.max_batch_size
+                ));
+            }
+        }
+        if let Some(e) = &self.embedding {
+            if e.max_input_tokens == Some(0) {
+                errors.push(format!(
+                    "{origin}: embedding.max_input_tokens must be at least 1"
+                ));
+            }
+            if e.tokenizer_threads == Some(0) {
+                errors.push(format!(
+                    "{origin}: embedding.tokenizer_threads must be at least 1"
                 ));
             }
         }

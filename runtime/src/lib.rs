@@ -9,6 +9,7 @@ mod signature;
 mod tensor;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod text;
 mod worker;
 
 pub use backend::{Backend, BackendFactory, NamedTensor, StageTimings};

@@ -68,6 +68,18 @@ pub struct InferRequest {
     /// How many callers' requests this one carries: 1, or the number the batch layer combined
     /// into it. A refusal counts once per caller.
     pub requests: usize,
+    /// Set by the tokenize layer on a text model's request: its inputs are token sequences,
+    /// which batch together whatever their length (padded to the longest).
+    pub tokens: Option<Tokens>,
+}
+
+/// The token sequences a request carries as `input_ids` / `attention_mask` `[rows, seq]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    /// Length of the longest row (the padded width).
+    pub seq: usize,
+    /// Real tokens in all rows together (the rest is padding).
+    pub real: usize,
 }
 
 impl InferRequest {
@@ -88,6 +100,7 @@ impl InferRequest {
             span: tracing::Span::current(),
             abandoned: None,
             requests: 1,
+            tokens: None,
         }
     }
 

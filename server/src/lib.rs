@@ -19,6 +19,7 @@ pub mod security;
 pub mod stack;
 pub mod stats;
 pub mod telemetry;
+pub mod text;
 pub mod tls;
 pub mod views;
 

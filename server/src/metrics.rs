@@ -122,6 +122,10 @@ pub struct Metrics {
     pub drift_psi: Family<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Trace spans by export result (the exporter's own counters; see `telemetry`).
     pub trace_spans: Family<SpanLabels, Counter>,
+    /// Text models: real input tokens tokenized, and the tokens executions ran (padding
+    /// included), by model and version.
+    pub tokens: Family<ModelLabels, Counter>,
+    pub padded_tokens: Family<ModelLabels, Counter>,
     /// Whether the per-request series are recorded (`telemetry.request_metrics`).
     pub per_request: std::sync::atomic::AtomicBool,
 }
@@ -176,6 +180,18 @@ impl Default for Metrics {
         let process_cpu_seconds = Counter::<f64, std::sync::atomic::AtomicU64>::default();
         let drift_psi = Family::<DriftLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let trace_spans = Family::<SpanLabels, Counter>::default();
+        let tokens = Family::<ModelLabels, Counter>::default();
+        let padded_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Input tokens of text-model requests (special tokens included, padding not)",
+            tokens.clone(),
+        );
+        registry.register(
+            "padded_tokens",
+            "Tokens text-model executions ran: rows times the longest row of each batch",
+            padded_tokens.clone(),
+        );
         registry.register(
             "trace_spans",
             "Trace spans by export result: exported, dropped (export queue full), failed (collector unreachable or refusing)",
@@ -304,6 +320,8 @@ impl Default for Metrics {
             process_cpu_seconds,
             drift_psi,
             trace_spans,
+            tokens,
+            padded_tokens,
             per_request: std::sync::atomic::AtomicBool::new(true),
         }
     }
@@ -322,6 +340,11 @@ impl Metrics {
     /// Whether per-request series are recorded.
     pub fn per_request(&self) -> bool {
         self.per_request.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Counts a text-model request's input tokens.
+    pub fn record_tokens(&self, labels: &ModelLabels, n: usize) {
+        self.tokens.get_or_create(labels).inc_by(n as u64);
     }
 
     /// Counts a request refused or dropped before execution.

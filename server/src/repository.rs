@@ -60,6 +60,8 @@ pub struct ModelVersion {
     pub drift: Option<Arc<crate::drift::Drift>>,
     /// Where a registry version came from (trace attributes); none for repository versions.
     pub lineage: Option<infergate_registry::Lineage>,
+    /// Text models: the tokenizer and pooling settings, for tokenizing before the batcher.
+    pub text: Option<crate::text::TextModel>,
 }
 
 /// The shapes of one request's inputs, by input name.
@@ -613,6 +615,7 @@ fn new_version(
         warmed_with: Vec::new(),
         drift: None,
         lineage: None,
+        text: None,
         digest,
         admission,
         config,
@@ -665,18 +668,23 @@ fn load_model_dir(
             return entry;
         }
     };
+    // An embedding model on candle is a safetensors file; everything else an ONNX file.
+    let model_file = match &config.embedding {
+        Some(e) if e.backend == infergate_config::TextBackend::Candle => "model.safetensors",
+        _ => MODEL_FILE,
+    };
     let available: Vec<u64> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().join(MODEL_FILE).is_file())
+        .filter(|e| e.path().join(model_file).is_file())
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
         .collect();
     let selected = config.version_policy.select(&available);
     if selected.is_empty() {
         entry.failures.insert(
             None,
-            format!("no version folder with a {MODEL_FILE} matches the version policy"),
+            format!("no version folder with a {model_file} matches the version policy"),
         );
         return entry;
     }
@@ -684,7 +692,7 @@ fn load_model_dir(
     let threads = config.intra_op_threads.unwrap_or(defaults.intra_op_threads);
     let admission = admission_for(&config);
     for version in selected {
-        let path = dir.join(version.to_string()).join(MODEL_FILE);
+        let path = dir.join(version.to_string()).join(model_file);
         let size = std::fs::metadata(&path).map_or(0, |m| m.len());
         if let Err(why) = budget.take(&format!("{name} version {version}"), size) {
             tracing::error!(model = %name, version, reason = %why, "model version not loaded");
@@ -701,15 +709,28 @@ fn load_model_dir(
                 continue;
             }
         };
-        let started = runtime.load(&path, threads).and_then(|factory| {
-            let options = ModelOptions {
-                name: format!("{name}:{version}"),
-                instances,
-                queue_capacity: defaults.queue_capacity,
-                nice: config.nice,
-            };
-            Model::start(Arc::new(factory), options)
-        });
+        let options = ModelOptions {
+            name: format!("{name}:{version}"),
+            instances,
+            queue_capacity: defaults.queue_capacity,
+            nice: config.nice,
+        };
+        let mut text = None;
+        let started = match &config.embedding {
+            Some(embedding) => crate::text::TextModel::load(
+                &dir.join(version.to_string()),
+                embedding,
+                runtime,
+                threads,
+            )
+            .and_then(|(factory, model)| {
+                text = Some(model);
+                Model::start(factory, options)
+            }),
+            None => runtime
+                .load(&path, threads)
+                .and_then(|factory| Model::start(Arc::new(factory), options)),
+        };
         match started {
             Ok(model) => {
                 let mut loaded = new_version(
@@ -722,6 +743,7 @@ fn load_model_dir(
                     admission.clone(),
                 );
                 loaded.weight_bytes = size;
+                loaded.text = text;
                 entry.versions.insert(version, Arc::new(loaded));
             }
             Err(e) => {

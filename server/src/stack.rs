@@ -11,13 +11,14 @@ use crate::layers::execute::Execute;
 use crate::layers::observe::{Observe, ObserveLayer};
 use crate::layers::resolve::{Resolve, ResolveLayer};
 use crate::layers::route::{RouteLayer, RouteService, RouteTable};
+use crate::layers::tokenize::{Tokenize, TokenizeLayer};
 use crate::layers::validate::{Validate, ValidateLayer};
 use crate::metrics::Metrics;
 use crate::repository::Repository;
 
 /// The composed service both front ends call. Admission control (concurrency limits, load
 /// shedding, rate limits) runs in front of it, in the front ends, before bodies are decoded.
-pub type Stack = Observe<RouteService<Resolve<Account<Validate<Cache<Batch<Execute>>>>>>>;
+pub type Stack = Observe<RouteService<Resolve<Account<Validate<Cache<Tokenize<Batch<Execute>>>>>>>>;
 
 /// Builds the stack over a repository.
 pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<RouteTable>) -> Stack {
@@ -35,6 +36,9 @@ pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<Rou
         // above batching: a hit never waits in a batch queue, and identical requests in
         // flight together are computed once
         .layer(CacheLayer::new(Arc::clone(&metrics)))
+        // below the cache (a hit is never tokenized; the key is the text) and above batching
+        // (a batch closes on a token budget, and rows of any length share it)
+        .layer(TokenizeLayer::new(Arc::clone(&metrics)))
         // per model version queue; forms batches while the instances are busy
         .layer(BatchLayer::new(Arc::clone(&metrics)))
         .service(Execute::new(metrics))

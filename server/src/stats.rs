@@ -49,6 +49,45 @@ pub struct Stats {
     pub last_inference_ms: AtomicU64,
     /// Index = batch size; sizes beyond the table share the last slot.
     batches: Box<[BatchStat]>,
+    /// Text models: tokens per execution.
+    pub tokens: TokenStats,
+}
+
+/// Token counts of a text model's executions: what a token budget and length grouping did.
+#[derive(Debug, Default)]
+pub struct TokenStats {
+    /// Real tokens executed (padding not counted).
+    pub real: AtomicU64,
+    /// Tokens executed, padding included (rows × longest row, per execution).
+    pub padded: AtomicU64,
+    /// The most padded tokens one execution ran.
+    pub max_padded: AtomicU64,
+    /// The latest executions, oldest first: (rows, real tokens, padded tokens).
+    recent: std::sync::Mutex<std::collections::VecDeque<[u64; 3]>>,
+}
+
+impl TokenStats {
+    /// Executions kept in [`TokenStats::recent`].
+    pub const KEEP: usize = 256;
+
+    /// Records one execution of `rows` rows of `seq` tokens holding `real` real ones.
+    pub fn record(&self, rows: usize, seq: usize, real: usize) {
+        let padded = (rows * seq) as u64;
+        self.real.fetch_add(real as u64, Relaxed);
+        self.padded.fetch_add(padded, Relaxed);
+        self.max_padded.fetch_max(padded, Relaxed);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == Self::KEEP {
+            recent.pop_front();
+        }
+        recent.push_back([rows as u64, real as u64, padded]);
+    }
+
+    /// The latest executions, oldest first: (rows, real tokens, padded tokens).
+    pub fn recent(&self) -> Vec<[u64; 3]> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().copied().collect()
+    }
 }
 
 impl Stats {
@@ -69,6 +108,7 @@ impl Stats {
             batches: (0..=max_batch.max(1))
                 .map(|_| BatchStat::default())
                 .collect(),
+            tokens: TokenStats::default(),
         }
     }
 

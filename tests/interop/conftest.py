@@ -17,14 +17,14 @@ class Server:
         self.proc, self.http, self.grpc, self.admin = proc, http, grpc, admin
 
 
-@pytest.fixture(scope="session")
-def server():
+def start(repo):
+    """Starts infergate on `repo` and waits for its 'serving' line."""
     proc = subprocess.Popen(
-        [BINARY, "serve", "--model-repository", REPO, "--http-addr", "127.0.0.1:0",
+        [BINARY, "serve", "--model-repository", repo, "--http-addr", "127.0.0.1:0",
          "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
-    deadline = time.time() + 60
+    deadline = time.time() + 120
     line = ""
     while time.time() < deadline:
         line = proc.stdout.readline()
@@ -34,6 +34,16 @@ def server():
     if not m:
         proc.kill()
         raise RuntimeError(f"server did not start (exit {proc.poll()}): {line!r}")
-    yield Server(proc, *m.groups())
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0, "infergate must exit cleanly on SIGTERM"
+    return Server(proc, *m.groups())
+
+
+def stop(server):
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=20) == 0, "infergate must exit cleanly on SIGTERM"
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = start(REPO)
+    yield s
+    stop(s)

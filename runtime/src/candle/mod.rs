@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub mod bert;
+
 use candle_core::{D, Device, Tensor as CTensor};
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,7 @@
 //! The KServe V2 HTTP/REST front end: translates HTTP to the core request and back.
 
 pub(crate) mod codec;
+mod embeddings;
 mod infer;
 mod listen;
 mod numbers;
@@ -66,6 +67,10 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(model_stats),
         )
         .route("/v2/repository/index", post(repository_index))
+        // OpenAI's and text-embeddings-inference's APIs for text-embedding models
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/embed", post(embeddings::tei))
+        .route("/info", get(embeddings::info))
         .route(
             "/v2/repository/models/{model}/load",
             post(control_elsewhere),
@@ -303,9 +308,41 @@ async fn all_stats(State(g): State<Arc<Gateway>>) -> Response {
 
 async fn model_stats(State(g): State<Arc<Gateway>>, Path(p): Path<ModelPath>) -> Response {
     result(
-        views::statistics(&g.repository, Some(&p.model), p.version.as_deref())
-            .map(|s| stats_json(&s)),
+        views::statistics(&g.repository, Some(&p.model), p.version.as_deref()).map(|s| {
+            let mut json = stats_json(&s);
+            add_token_stats(&g.repository, &mut json);
+            json
+        }),
     )
+}
+
+/// Text models' entries gain `token_stats`: real and padded tokens executed, and the latest
+/// executions as `[rows, real tokens, padded tokens]`.
+fn add_token_stats(repo: &crate::repository::Repository, json: &mut Value) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(models) = json.get_mut("model_stats").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for entry in models {
+        let (Some(name), Some(version)) = (entry["name"].as_str(), entry["version"].as_str())
+        else {
+            continue;
+        };
+        let Some(v) = repo
+            .versions(name)
+            .into_iter()
+            .find(|v| v.version_label == version && v.text.is_some())
+        else {
+            continue;
+        };
+        let t = &v.stats.tokens;
+        entry["token_stats"] = json!({
+            "real_tokens": t.real.load(Relaxed),
+            "padded_tokens": t.padded.load(Relaxed),
+            "max_padded_tokens": t.max_padded.load(Relaxed),
+            "executions": t.recent(),
+        });
+    }
 }
 
 pub(crate) fn index_json(index: &pb::RepositoryIndexResponse) -> Value {

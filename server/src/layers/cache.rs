@@ -31,6 +31,8 @@ pub type KeyFn = fn(&[u8]) -> u128;
 struct Entry {
     canonical: Vec<u8>,
     outputs: Vec<NamedTensor>,
+    /// The response's parameters (a text model's token count, say).
+    parameters: crate::core::Parameters,
     /// How long computing it took (reported to the request that computed it).
     timings: StageTimings,
 }
@@ -182,6 +184,13 @@ impl ResponseCache {
                 }
             }
         }
+        // Parameters that change the answer (a text model's options) are part of the request.
+        for (key, value) in &req.parameters {
+            if crate::text::OUTPUT_PARAMETERS.contains(&key.as_str()) {
+                put(key.as_bytes());
+                put(format!("{value:?}").as_bytes());
+            }
+        }
         put(b"outputs");
         for name in &req.outputs {
             put(name.as_bytes());
@@ -264,6 +273,7 @@ where
                             Ok(Entry {
                                 canonical,
                                 outputs: resp.outputs,
+                                parameters: resp.parameters,
                                 timings: resp.timings,
                             })
                         }
@@ -275,18 +285,24 @@ where
                     (entry, !started)
                 }
             };
-            let (outputs, hit, timings) = if entry.canonical == canonical {
+            let (outputs, mut parameters, hit, timings) = if entry.canonical == canonical {
                 let timings = if hit {
                     StageTimings::default()
                 } else {
                     entry.timings
                 };
-                (entry.outputs.clone(), hit, timings)
+                (
+                    entry.outputs.clone(),
+                    entry.parameters.clone(),
+                    hit,
+                    timings,
+                )
             } else {
                 // Same key, different request: never serve it; compute this one uncached.
                 let resp = inner.oneshot(req.clone()).await?;
-                (resp.outputs, false, resp.timings)
+                (resp.outputs, resp.parameters, false, resp.timings)
             };
+            parameters.push(("cache_hit".to_string(), ParamValue::Bool(hit)));
             let took = lookup.elapsed();
             tracing::Span::current().record("result", if hit { "hit" } else { "miss" });
             target.stats.record_cache(hit, took);
@@ -302,7 +318,7 @@ where
                 model_name: target.name.clone(),
                 model_version: target.version_label.clone(),
                 id: req.id,
-                parameters: vec![("cache_hit".to_string(), ParamValue::Bool(hit))],
+                parameters,
                 outputs,
                 timings,
             })

@@ -92,6 +92,13 @@ impl Service<InferRequest> for Execute {
                     as u64,
             );
             target.stats.record_execution(rows, &output.timings);
+            if let Some(tokens) = req.tokens {
+                target.stats.tokens.record(rows, tokens.seq, tokens.real);
+                metrics
+                    .padded_tokens
+                    .get_or_create(&target.labels)
+                    .inc_by((rows * tokens.seq) as u64);
+            }
             if metrics.per_request() {
                 let t = &output.timings;
                 metrics

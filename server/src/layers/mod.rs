@@ -10,4 +10,5 @@ pub mod observe;
 pub mod resolve;
 pub mod route;
 pub mod shadow;
+pub mod tokenize;
 pub mod validate;

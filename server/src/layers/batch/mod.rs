@@ -197,6 +197,7 @@ impl BatchHandle {
         let (reply, rx) = oneshot::channel();
         let pending = Pending {
             rows: req.rows(),
+            seq: req.tokens.map_or(0, |t| t.seq),
             key: ShapeKey::of(&req),
             enqueued: Instant::now(),
             waiting: crate::telemetry::stage_span!("queue_wait"),
@@ -448,6 +449,19 @@ fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
         .collect::<Option<Vec<_>>>()
         .and_then(|deadlines| deadlines.into_iter().max());
     let total: usize = batch.iter().map(|p| p.rows).sum();
+    // Token sequences are padded (with 0: the pad id, and a masked-out position) to the
+    // longest row of the batch.
+    let seq = batch.iter().map(|p| p.seq).max().unwrap_or(0);
+    if first.tokens.is_some() {
+        combined.tokens = Some(crate::core::Tokens {
+            seq,
+            real: batch
+                .iter()
+                .filter_map(|p| p.req.tokens)
+                .map(|t| t.real)
+                .sum(),
+        });
+    }
     for input in &first.inputs {
         let parts: Vec<&Tensor> = batch
             .iter()
@@ -465,6 +479,10 @@ fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
         let mut shape = input.tensor.shape().to_vec();
         shape[0] = total as i64;
         let tensor = match input.tensor.data() {
+            TensorData::Fixed(_) if combined.tokens.is_some() => {
+                shape[1] = seq as i64;
+                pad_rows(&parts, seq, shape)
+            }
             TensorData::Fixed(_) => {
                 let mut data = BytesMut::with_capacity(parts.iter().map(|t| t.raw_len()).sum());
                 for t in &parts {
@@ -490,6 +508,35 @@ fn concat(batch: &mut [Pending]) -> Result<InferRequest, ServeError> {
             .push(NamedTensor::new(Arc::clone(&input.name), tensor));
     }
     Ok(combined)
+}
+
+/// Fixed-size `[rows, len]` tensors stacked into `shape` (`[total, seq]`), each row padded with
+/// zero bytes to `seq` elements.
+fn pad_rows(
+    parts: &[&Tensor],
+    seq: usize,
+    shape: Vec<i64>,
+) -> Result<Tensor, infergate_runtime::TensorError> {
+    let dtype = parts[0].dtype();
+    let size = dtype.size().unwrap_or(1);
+    let total = usize::try_from(shape[0]).unwrap_or(0);
+    let mut data = BytesMut::zeroed(total * seq * size);
+    let mut row = 0;
+    for t in parts {
+        let (rows, len) = match t.shape() {
+            &[rows, len] => (rows.max(0) as usize, len.max(0) as usize),
+            _ => (0, 0),
+        };
+        if let TensorData::Fixed(b) = t.data() {
+            for r in 0..rows {
+                let src = &b[r * len * size..(r + 1) * len * size];
+                let at = (row + r) * seq * size;
+                data[at..at + src.len()].copy_from_slice(src);
+            }
+        }
+        row += rows;
+    }
+    Tensor::from_raw(dtype, shape, data.freeze())
 }
 
 /// Rows `[start, start + rows)` of a tensor whose first dimension is the batch.

@@ -12,21 +12,24 @@ use tokio::time::{Duration, Instant};
 use crate::core::{InferRequest, InferResponse};
 use crate::error::BoxError;
 
-/// Requests can share a batch only when every input agrees on all but the first dimension.
+/// Requests can share a batch only when every input agrees on all but the first dimension;
+/// token sequences (`InferRequest::tokens`) of any length share one, padded to the longest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShapeKey(Vec<(Arc<str>, DataType, Vec<i64>)>);
 
 impl ShapeKey {
     pub fn of(req: &InferRequest) -> Self {
+        let ragged = req.tokens.is_some();
         let mut key: Vec<_> = req
             .inputs
             .iter()
             .map(|i| {
-                (
-                    Arc::clone(&i.name),
-                    i.tensor.dtype(),
-                    i.tensor.shape().get(1..).unwrap_or(&[]).to_vec(),
-                )
+                let dims = if ragged {
+                    &[][..]
+                } else {
+                    i.tensor.shape().get(1..).unwrap_or(&[])
+                };
+                (Arc::clone(&i.name), i.tensor.dtype(), dims.to_vec())
             })
             .collect();
         key.sort_by(|a, b| a.0.cmp(&b.0));
@@ -40,6 +43,8 @@ pub struct Pending {
     pub reply: oneshot::Sender<Result<InferResponse, BoxError>>,
     pub enqueued: Instant,
     pub rows: usize,
+    /// Token sequences: the longest row's length (0 for other requests).
+    pub seq: usize,
     pub key: ShapeKey,
     /// Open while the request waits; closed when its batch starts.
     pub waiting: tracing::Span,
@@ -148,37 +153,65 @@ impl BatchQueue {
 
     /// Decides with one instance free at `now`. The head is the oldest request of the highest
     /// priority; it runs with compatible requests (higher priorities first) up to
-    /// `max_batch_size` rows. With a delay configured, a batch that is neither full nor a
-    /// preferred size waits until the head's delay window closes.
+    /// `max_batch_size` rows and, for token sequences, `max_batch_tokens` padded tokens (the
+    /// head always runs, however long). With `group_by_length`, token sequences closest in
+    /// length to the head's are taken first within a priority level. With a delay configured, a
+    /// batch that is neither full nor a preferred size waits until the head's delay window
+    /// closes.
     pub fn next(&mut self, now: Instant) -> Decision {
         let Some(head_level) = self.levels.iter().position(|l| !l.is_empty()) else {
             return Decision::Empty;
         };
         let head = &self.levels[head_level][0];
-        let (key, window_end) = (
+        let (key, window_end, head_seq) = (
             head.key.clone(),
             head.enqueued + Duration::from_micros(self.settings.max_queue_delay_us),
+            head.seq,
         );
-        let mut chosen: Vec<(usize, usize)> = Vec::new();
-        let mut rows = 0;
-        let mut full = false;
-        'levels: for (l, level) in self.levels.iter().enumerate() {
-            for (i, p) in level.iter().enumerate() {
-                if p.key != key {
-                    continue;
-                }
-                if rows + p.rows > self.max_batch {
-                    full = true;
-                    break 'levels;
-                }
-                rows += p.rows;
-                chosen.push((l, i));
-                if rows == self.max_batch {
-                    full = true;
-                    break 'levels;
-                }
+        let budget = match self.settings.max_batch_tokens {
+            0 => usize::MAX,
+            b => usize::try_from(b).unwrap_or(usize::MAX),
+        };
+        let mut candidates: Vec<(usize, usize)> = Vec::new();
+        for (l, level) in self.levels.iter().enumerate() {
+            let start = candidates.len();
+            candidates.extend(
+                level
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.key == key)
+                    .map(|(i, _)| (l, i)),
+            );
+            if self.settings.group_by_length && head_seq > 0 {
+                // Stable: equally close requests keep their arrival order.
+                candidates[start..].sort_by_key(|&(l, i)| self.levels[l][i].seq.abs_diff(head_seq));
             }
         }
+        let mut chosen: Vec<(usize, usize)> = Vec::new();
+        let (mut rows, mut seq) = (0, 0);
+        let mut full = false;
+        for (l, i) in candidates {
+            let p = &self.levels[l][i];
+            if rows + p.rows > self.max_batch {
+                full = true;
+                break;
+            }
+            let widest = seq.max(p.seq);
+            if !chosen.is_empty() && (rows + p.rows).saturating_mul(widest) > budget {
+                // Over the token budget: a shorter request further on may still fit.
+                full = true;
+                continue;
+            }
+            rows += p.rows;
+            seq = widest;
+            chosen.push((l, i));
+            if rows == self.max_batch {
+                full = true;
+                break;
+            }
+        }
+        // Removed back to front below, so indices stay valid; the batch is in queue order.
+        chosen.sort_unstable();
         let preferred = self
             .settings
             .preferred_batch_sizes
@@ -231,11 +264,105 @@ mod tests {
                 reply: tx,
                 enqueued: Instant::now(),
                 rows,
+                seq: 0,
                 key,
                 waiting: tracing::Span::none(),
             },
             rx,
         )
+    }
+
+    /// A text model's request: one row of `len` tokens, as the tokenize layer leaves it.
+    fn tokens(
+        len: usize,
+        priority: u32,
+    ) -> (Pending, oneshot::Receiver<Result<InferResponse, BoxError>>) {
+        let mut req = InferRequest::new("m", None, Protocol::Http);
+        req.priority = priority;
+        for name in ["input_ids", "attention_mask"] {
+            let t = Tensor::from_slice(vec![1, len as i64], &vec![1i64; len]).unwrap();
+            req.inputs.push(NamedTensor::new(name, t));
+        }
+        req.tokens = Some(crate::core::Tokens {
+            seq: len,
+            real: len,
+        });
+        let (tx, rx) = oneshot::channel();
+        let key = ShapeKey::of(&req);
+        let p = Pending {
+            req,
+            reply: tx,
+            enqueued: Instant::now(),
+            rows: 1,
+            seq: len,
+            key,
+            waiting: tracing::Span::none(),
+        };
+        (p, rx)
+    }
+
+    fn seqs(d: Decision) -> Vec<usize> {
+        match d {
+            Decision::Run(b) => b.iter().map(|p| p.seq).collect(),
+            _ => panic!("expected a batch"),
+        }
+    }
+
+    fn token_queue(
+        budget: u64,
+        group: bool,
+        lengths: &[(usize, u32)],
+    ) -> (
+        BatchQueue,
+        Vec<oneshot::Receiver<Result<InferResponse, BoxError>>>,
+    ) {
+        let settings = DynamicBatching {
+            max_batch_tokens: budget,
+            group_by_length: group,
+            priority_levels: 2,
+            ..DynamicBatching::default()
+        };
+        let mut q = BatchQueue::new(settings, 64);
+        let mut keep = Vec::new();
+        for &(len, priority) in lengths {
+            let (p, rx) = tokens(len, priority);
+            q.push(p);
+            keep.push(rx);
+        }
+        (q, keep)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_sequences_of_any_length_share_a_batch_within_the_token_budget() {
+        // In arrival order: 10 + 50 fit 100 padded tokens (2 x 50); a third row would make 150.
+        let (mut q, _keep) = token_queue(100, false, &[(10, 0), (50, 0), (10, 0), (40, 0)]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![10, 50]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![10, 40]);
+        // No budget: rows alone count.
+        let (mut q, _keep) = token_queue(0, false, &[(10, 0), (500, 0), (7, 0)]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![10, 500, 7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn grouping_by_length_takes_the_closest_lengths_first_and_the_head_always_runs() {
+        // The head (10) is joined by the other short rows before the long ones.
+        let lengths = [(10, 0), (60, 0), (12, 0), (64, 0), (9, 0), (11, 0)];
+        let (mut q, _keep) = token_queue(64, true, &lengths);
+        assert_eq!(seqs(q.next(Instant::now())), vec![10, 12, 9, 11]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![60]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![64]);
+        // A head longer than the budget still runs, alone.
+        let (mut q, _keep) = token_queue(64, true, &[(300, 0), (5, 0)]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![300]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_high_priority_request_is_not_passed_by_short_ones() {
+        // Priorities as for every model: the level-1 long row heads the batch.
+        let (mut q, _keep) = token_queue(128, true, &[(8, 2), (8, 2), (100, 1)]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![100]);
+        assert_eq!(seqs(q.next(Instant::now())), vec![8, 8]);
     }
 
     fn settings(delay_us: u64, preferred: Vec<u32>, levels: u32) -> DynamicBatching {
