@@ -41,7 +41,7 @@ RUN_REPO      := .models/run-repository
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build text-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build text-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -144,8 +144,11 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 	$(CARGO) build --locked -p infergate-server --bin infergate
 	$(VENV_PY) -m pytest -q tests/interop
 
-bench: ort venv ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
+bench: ort venv text-model ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
+
+bench-text: ort text-model ## only make bench's text-embedding section: all-MiniLM-L6-v2 emb/s at c=1/8/32 against the in-process ceiling, padding waste
+	./scripts/bench_text.sh
 
 bench-overhead: ort venv ## only make bench's observability overhead section (tracing + metrics on vs off); prints the ratios
 	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins

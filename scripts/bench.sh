@@ -101,7 +101,9 @@ stop_server
 
 scripts/bench_crosscheck.sh
 scripts/bench_overhead.sh
+scripts/bench_text.sh
 
 trap - EXIT
 python3 scripts/bench_report.py "$OUT/results" "$DURATION" "$WARMUP" "$SWEEP" > BENCHMARKS.md
+cat "$OUT/results/text.md" >> BENCHMARKS.md
 echo "== BENCHMARKS.md written"

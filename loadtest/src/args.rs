@@ -17,6 +17,10 @@ pub enum Protocol {
     HttpBinary,
     /// KServe V2 gRPC with `raw_input_contents`.
     Grpc,
+    /// OpenAI's `POST /v1/embeddings`, texts from `--text-file`.
+    Openai,
+    /// text-embeddings-inference's `POST /embed`, texts from `--text-file`.
+    Tei,
 }
 
 /// Open-loop arrival process.
@@ -69,6 +73,10 @@ pub struct Args {
     /// File of request bodies (one HTTP JSON body per line), used round-robin (http-json only).
     #[arg(long)]
     pub input_file: Option<PathBuf>,
+    /// Texts for --protocol openai|tei, one per line; each request carries `--batch` of them,
+    /// taken in turn.
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
     /// Different random requests to cycle through.
     #[arg(long, default_value_t = 16)]
     pub distinct: usize,

@@ -60,6 +60,8 @@ fn finish(
         Protocol::HttpJson => "http-json",
         Protocol::HttpBinary => "http-binary",
         Protocol::Grpc => "grpc",
+        Protocol::Openai => "openai",
+        Protocol::Tei => "tei",
     }
     .into();
     if let (Some(b), Some(a)) = (before, after) {

@@ -65,6 +65,9 @@ pub async fn prepare(target: &Target, args: &Args) -> anyhow::Result<Prepared> {
         Some(v) => format!("/v2/models/{}/versions/{v}/infer", args.model).into(),
         None => format!("/v2/models/{}/infer", args.model).into(),
     };
+    if matches!(target.protocol, Protocol::Openai | Protocol::Tei) {
+        return text_requests(target.protocol, args);
+    }
     if let Some(file) = &args.input_file {
         if target.protocol != Protocol::HttpJson {
             bail!("--input-file holds HTTP JSON bodies: use it with --protocol http-json");
@@ -90,6 +93,43 @@ pub async fn prepare(target: &Target, args: &Args) -> anyhow::Result<Prepared> {
     let requests = (0..args.distinct.max(1))
         .map(|_| build(target.protocol, args, &path, &specs, &mut rng))
         .collect::<anyhow::Result<_>>()?;
+    Ok(Prepared { requests })
+}
+
+/// Embedding requests: `--batch` texts of `--text-file` each, in turn, until every text has
+/// been used once.
+fn text_requests(protocol: Protocol, args: &Args) -> anyhow::Result<Prepared> {
+    let file = args
+        .text_file
+        .as_ref()
+        .context("--protocol openai|tei needs --text-file (one text per line)")?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let texts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if texts.is_empty() {
+        bail!("{} holds no texts", file.display());
+    }
+    let path: Arc<str> = match protocol {
+        Protocol::Openai => "/v1/embeddings".into(),
+        _ => "/embed".into(),
+    };
+    let batch = args.batch.max(1);
+    let requests = texts
+        .chunks(batch)
+        .map(|chunk| {
+            let body = match protocol {
+                Protocol::Openai => {
+                    serde_json::json!({"model": args.model, "input": chunk, "encoding_format": "float"})
+                }
+                _ => serde_json::json!({"model": args.model, "inputs": chunk}),
+            };
+            Request::Http {
+                path: Arc::clone(&path),
+                body: Bytes::from(body.to_string()),
+                header_len: None,
+            }
+        })
+        .collect();
     Ok(Prepared { requests })
 }
 
@@ -299,6 +339,7 @@ fn build(
                 header_len: Some(header_len),
             }
         }
+        Protocol::Openai | Protocol::Tei => bail!("text requests come from --text-file"),
         Protocol::Grpc => Request::Grpc(crate::target::grpc_frame(&prost::Message::encode_to_vec(
             &pb::ModelInferRequest {
                 model_name: args.model.clone(),

@@ -47,7 +47,11 @@ impl Target {
             .split_once("://")
             .context("--url must look like http://HOST:PORT or grpc://HOST:PORT")?;
         match (scheme, protocol) {
-            ("http", Protocol::HttpJson | Protocol::HttpBinary) | ("grpc", Protocol::Grpc) => {}
+            (
+                "http",
+                Protocol::HttpJson | Protocol::HttpBinary | Protocol::Openai | Protocol::Tei,
+            )
+            | ("grpc", Protocol::Grpc) => {}
             ("grpc", _) => bail!("--url {url} is gRPC; pass --protocol grpc"),
             ("http", Protocol::Grpc) => bail!("--protocol grpc needs a grpc://HOST:PORT url"),
             _ => bail!("unsupported url scheme {scheme:?} (use http or grpc)"),
