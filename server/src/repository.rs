@@ -911,29 +911,13 @@ fn load_registry_version(
 
 /// Runs requests of zeros through a new version so its first real requests do not pay for
 /// lazy initialization: one per shape `recent` recorded that fits the version's signature
-/// (what clients actually send, batch sizes included), else one of batch 1. Text models run one
-/// short sentence; other models with BYTES inputs are not warmed up. Returns the shapes used.
+/// (what clients actually send, batch sizes included), else one of batch 1. Models with BYTES
+/// inputs are not warmed up. Returns the shapes used.
 async fn warm_up(
     version: &ModelVersion,
     recent: &[InputShapes],
 ) -> Result<Vec<InputShapes>, String> {
     let signature = version.model.signature();
-    if version.text.is_some() {
-        // A text model: one short sentence through tokenizer, encoder and pooling.
-        let text = infergate_runtime::Tensor::from_elements(
-            vec![1],
-            vec![bytes::Bytes::from_static(b"warm up")],
-        )
-        .map_err(|e| e.to_string())?;
-        let input = infergate_runtime::NamedTensor::new(infergate_runtime::text::TEXT_INPUT, text);
-        version
-            .model
-            .infer(vec![input])
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| format!("warm-up failed: {e}"))?;
-        return Ok(Vec::new());
-    }
     if signature.inputs.iter().any(|s| s.dtype.size().is_none()) {
         return Ok(Vec::new());
     }

@@ -146,7 +146,8 @@ fn tei_model(g: &Gateway, named: Option<String>) -> Result<String, ServeError> {
         .ok_or_else(|| ServeError::not_found("no text-embedding model is being served"))
 }
 
-/// Sends `texts` through admission and the stack; returns the `[n, dim]` rows and the tokens.
+/// Sends `texts` through admission and the stack; returns the response, its `[n, dim]` values,
+/// `dim` and the token count.
 async fn embed(
     g: &Gateway,
     headers: &HeaderMap,
@@ -154,7 +155,7 @@ async fn embed(
     model: String,
     texts: Vec<String>,
     params: Vec<(String, ParamValue)>,
-) -> Result<(InferResponse, Vec<f32>, usize), ServeError> {
+) -> Result<(InferResponse, Vec<f32>, usize, usize), ServeError> {
     use tracing::Instrument as _;
     let client = headers
         .get(g.admission.client_key_header.as_str())
@@ -201,16 +202,18 @@ async fn embed(
         .instrument(trace.span)
         .await
         .map_err(ServeError::from)?;
-    let values = resp
-        .output(text::EMBEDDING_OUTPUT)
-        .and_then(|t| t.to_vec::<f32>())
-        .ok_or_else(|| {
-            ServeError::invalid(format!(
-                "model '{}' is not a text-embedding model (it answers no '{}' output)",
-                resp.model_name,
-                text::EMBEDDING_OUTPUT
-            ))
-        })?;
+    let output = resp.output(text::EMBEDDING_OUTPUT);
+    let dim = output
+        .and_then(|t| t.shape().get(1).copied())
+        .unwrap_or(1)
+        .max(1) as usize;
+    let values = output.and_then(|t| t.to_vec::<f32>()).ok_or_else(|| {
+        ServeError::invalid(format!(
+            "model '{}' is not a text-embedding model (it answers no '{}' output)",
+            resp.model_name,
+            text::EMBEDDING_OUTPUT
+        ))
+    })?;
     let tokens = resp
         .parameters
         .iter()
@@ -219,7 +222,7 @@ async fn embed(
             _ => None,
         })
         .unwrap_or(0);
-    Ok((resp, values, tokens))
+    Ok((resp, values, dim, tokens))
 }
 
 fn dimensions(d: Option<i64>) -> Vec<(String, ParamValue)> {
@@ -248,15 +251,10 @@ pub(crate) async fn openai(
         };
         let texts = body.input.into_texts()?;
         let params = dimensions(body.dimensions);
-        let (resp, values, tokens) = embed(&g, &headers, peer, body.model, texts, params).await?;
-        let rows = resp
-            .output(text::EMBEDDING_OUTPUT)
-            .and_then(|t| t.shape().first().copied())
-            .unwrap_or(0)
-            .max(1) as usize;
-        let dim = values.len() / rows;
+        let (resp, values, dim, tokens) =
+            embed(&g, &headers, peer, body.model, texts, params).await?;
         let data: Vec<Value> = values
-            .chunks_exact(dim.max(1))
+            .chunks_exact(dim)
             .enumerate()
             .map(|(index, row)| {
                 let embedding = if base64 {
@@ -299,14 +297,8 @@ pub(crate) async fn tei(
         if let Some(t) = body.truncate {
             params.push(("truncate".into(), ParamValue::Bool(t)));
         }
-        let (resp, values, _) = embed(&g, &headers, peer, model, texts, params).await?;
-        let rows = resp
-            .output(text::EMBEDDING_OUTPUT)
-            .and_then(|t| t.shape().first().copied())
-            .unwrap_or(0)
-            .max(1) as usize;
-        let dim = values.len() / rows;
-        let vectors: Vec<&[f32]> = values.chunks_exact(dim.max(1)).collect();
+        let (_, values, dim, _) = embed(&g, &headers, peer, model, texts, params).await?;
+        let vectors: Vec<&[f32]> = values.chunks_exact(dim).collect();
         Ok(json!(vectors))
     };
     match run.await {
