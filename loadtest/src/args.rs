@@ -77,6 +77,10 @@ pub struct Args {
     /// taken in turn.
     #[arg(long)]
     pub text_file: Option<PathBuf>,
+    /// Encoded images (repeatable) for an image model's BYTES input over http-binary or grpc;
+    /// each request carries `--batch` of them, taken in turn.
+    #[arg(long)]
+    pub image_file: Vec<PathBuf>,
     /// Different random requests to cycle through.
     #[arg(long, default_value_t = 16)]
     pub distinct: usize,

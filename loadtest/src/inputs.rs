@@ -68,6 +68,9 @@ pub async fn prepare(target: &Target, args: &Args) -> anyhow::Result<Prepared> {
     if matches!(target.protocol, Protocol::Openai | Protocol::Tei) {
         return text_requests(target.protocol, args);
     }
+    if !args.image_file.is_empty() {
+        return image_requests(target.protocol, args, &path);
+    }
     if let Some(file) = &args.input_file {
         if target.protocol != Protocol::HttpJson {
             bail!("--input-file holds HTTP JSON bodies: use it with --protocol http-json");
@@ -130,6 +133,61 @@ fn text_requests(protocol: Protocol, args: &Args) -> anyhow::Result<Prepared> {
             }
         })
         .collect();
+    Ok(Prepared { requests })
+}
+
+/// Image requests: `--batch` of the `--image-file`s each, in turn, as the BYTES input `image`
+/// (Triton's binary extension over HTTP, raw contents over gRPC), one request per starting image.
+fn image_requests(protocol: Protocol, args: &Args, path: &Arc<str>) -> anyhow::Result<Prepared> {
+    let images = args
+        .image_file
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let batch = args.batch.max(1);
+    let requests = (0..images.len())
+        .map(|first| {
+            // BYTES elements: a little-endian u32 length, then the bytes.
+            let mut raw = Vec::new();
+            for i in 0..batch {
+                let image = &images[(first + i) % images.len()];
+                raw.extend_from_slice(&(image.len() as u32).to_le_bytes());
+                raw.extend_from_slice(image);
+            }
+            let shape = [batch as i64];
+            Ok(match protocol {
+                Protocol::HttpBinary => {
+                    let mut body = serde_json::to_vec(&json!({
+                        "inputs": [{"name": "image", "shape": shape, "datatype": "BYTES",
+                                    "parameters": {"binary_data_size": raw.len()}}],
+                        "parameters": {"binary_data_output": true},
+                    }))?;
+                    let header_len = body.len();
+                    body.extend_from_slice(&raw);
+                    Request::Http {
+                        path: Arc::clone(path),
+                        body: Bytes::from(body),
+                        header_len: Some(header_len),
+                    }
+                }
+                Protocol::Grpc => Request::Grpc(crate::target::grpc_frame(
+                    &prost::Message::encode_to_vec(&pb::ModelInferRequest {
+                        model_name: args.model.clone(),
+                        model_version: args.version.clone().unwrap_or_default(),
+                        inputs: vec![pb::model_infer_request::InferInputTensor {
+                            name: "image".into(),
+                            datatype: "BYTES".into(),
+                            shape: shape.to_vec(),
+                            ..Default::default()
+                        }],
+                        raw_input_contents: vec![Bytes::from(raw)],
+                        ..Default::default()
+                    }),
+                )),
+                _ => bail!("--image-file needs --protocol http-binary or grpc"),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
     Ok(Prepared { requests })
 }
 

@@ -4,6 +4,7 @@
 
 mod backend;
 pub mod candle;
+pub mod image;
 pub mod ort;
 mod signature;
 mod tensor;

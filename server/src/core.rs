@@ -71,6 +71,9 @@ pub struct InferRequest {
     /// Set by the tokenize layer on a text model's request: its inputs are token sequences,
     /// which batch together whatever their length (padded to the longest).
     pub tokens: Option<Tokens>,
+    /// Outputs asked for as classifications (Triton's extension: the output parameter
+    /// `classification`): name and how many of the top classes.
+    pub classification: Vec<(String, usize)>,
 }
 
 /// The token sequences a request carries as `input_ids` / `attention_mask` `[rows, seq]`.
@@ -83,6 +86,28 @@ pub struct Tokens {
 }
 
 impl InferRequest {
+    /// Reads a requested output's parameters: `classification: k` asks for its top `k`
+    /// classes (Triton's classification extension).
+    pub fn request_output(&mut self, name: String, params: &Parameters) -> Result<(), ServeError> {
+        let k = params.iter().find(|(k, _)| k == "classification");
+        if let Some((_, v)) = k {
+            let k = match v {
+                ParamValue::Int64(k) => usize::try_from(*k).ok(),
+                ParamValue::Uint64(k) => usize::try_from(*k).ok(),
+                _ => None,
+            }
+            .filter(|k| *k > 0)
+            .ok_or_else(|| {
+                ServeError::invalid(format!(
+                    "output '{name}': parameter 'classification' must be a positive integer"
+                ))
+            })?;
+            self.classification.push((name.clone(), k));
+        }
+        self.outputs.push(name);
+        Ok(())
+    }
+
     pub fn new(model: impl Into<String>, version: Option<String>, protocol: Protocol) -> Self {
         Self {
             model: model.into(),
@@ -101,6 +126,7 @@ impl InferRequest {
             abandoned: None,
             requests: 1,
             tokens: None,
+            classification: Vec::new(),
         }
     }
 

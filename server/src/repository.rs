@@ -62,6 +62,10 @@ pub struct ModelVersion {
     pub lineage: Option<infergate_registry::Lineage>,
     /// Text models: the tokenizer and pooling settings, for tokenizing before the batcher.
     pub text: Option<crate::text::TextModel>,
+    /// Image models: decoding and preprocessing, before the batcher.
+    pub image: Option<crate::image::ImageModel>,
+    /// Class names from the version folder's `labels.txt` (Triton's classification extension).
+    pub class_names: Option<Arc<[String]>>,
 }
 
 /// The shapes of one request's inputs, by input name.
@@ -616,6 +620,8 @@ fn new_version(
         drift: None,
         lineage: None,
         text: None,
+        image: None,
+        class_names: None,
         digest,
         admission,
         config,
@@ -668,9 +674,11 @@ fn load_model_dir(
             return entry;
         }
     };
-    // An embedding model on candle is a safetensors file; everything else an ONNX file.
-    let model_file = match &config.embedding {
-        Some(e) if e.backend == infergate_config::TextBackend::Candle => "model.safetensors",
+    // An embedding model on candle is a safetensors file, an image model on candle a PyTorch
+    // state_dict; everything else an ONNX file.
+    let model_file = match (&config.embedding, &config.image) {
+        (Some(e), _) if e.backend == infergate_config::TextBackend::Candle => "model.safetensors",
+        (_, Some(i)) => infergate_runtime::image::ImageFactory::model_file(i.backend),
         _ => MODEL_FILE,
     };
     let available: Vec<u64> = std::fs::read_dir(dir)
@@ -715,19 +723,33 @@ fn load_model_dir(
             queue_capacity: defaults.queue_capacity,
             nice: config.nice,
         };
-        let mut text = None;
-        let started = match &config.embedding {
-            Some(embedding) => crate::text::TextModel::load(
-                &dir.join(version.to_string()),
-                embedding,
-                runtime,
-                threads,
-            )
-            .and_then(|(factory, model)| {
-                text = Some(model);
-                Model::start(factory, options)
-            }),
-            None => runtime
+        let version_dir = dir.join(version.to_string());
+        let class_names = match crate::image::read_labels(&version_dir) {
+            Ok(names) => names,
+            Err(e) => {
+                entry.failures.insert(Some(version), e);
+                continue;
+            }
+        };
+        let (mut text, mut image) = (None, None);
+        let started = match (&config.embedding, &config.image) {
+            (Some(embedding), _) => {
+                crate::text::TextModel::load(&version_dir, embedding, runtime, threads).and_then(
+                    |(factory, model)| {
+                        text = Some(model);
+                        Model::start(factory, options)
+                    },
+                )
+            }
+            (None, Some(config)) => {
+                crate::image::ImageModel::load(&version_dir, config, runtime, threads).and_then(
+                    |(factory, model)| {
+                        image = Some(model);
+                        Model::start(factory, options)
+                    },
+                )
+            }
+            (None, None) => runtime
                 .load(&path, threads)
                 .and_then(|factory| Model::start(Arc::new(factory), options)),
         };
@@ -744,6 +766,8 @@ fn load_model_dir(
                 );
                 loaded.weight_bytes = size;
                 loaded.text = text;
+                loaded.image = image;
+                loaded.class_names = class_names;
                 entry.versions.insert(version, Arc::new(loaded));
             }
             Err(e) => {
@@ -893,6 +917,10 @@ fn load_registry_version(
     );
     loaded.properties.extend(registry_properties(record));
     loaded.lineage = Some(record.lineage.clone());
+    if let Some((image, names)) = crate::image::registry_image(&record.architecture)? {
+        loaded.image = Some(crate::image::ImageModel::new(&image));
+        loaded.class_names = names;
+    }
     loaded.weight_bytes = size;
     if drift.enabled
         && let Some(baseline) = record.baseline.clone()
@@ -1194,7 +1222,8 @@ fn start_registry_version(
         "{}:{} (sha256:{})",
         record.model, record.version, artifact.digest
     );
-    let factory: Arc<dyn BackendFactory> = if record.platform == infergate_registry::PLATFORM_CANDLE
+    let mut factory: Arc<dyn BackendFactory> = if record.platform
+        == infergate_registry::PLATFORM_CANDLE
     {
         let arch: Arch = serde_json::from_value(record.architecture.clone())
             .map_err(|e| format!("architecture of {origin}: {e}"))?;
@@ -1207,6 +1236,12 @@ fn start_registry_version(
                 .map_err(|e| e.to_string())?,
         )
     };
+    if let Some((image, _)) = crate::image::registry_image(&record.architecture)? {
+        factory = Arc::new(
+            infergate_runtime::image::ImageFactory::new(factory, &image)
+                .map_err(|e| e.to_string())?,
+        );
+    }
     let options = ModelOptions {
         name: format!("{}:{}", record.model, record.version),
         instances: defaults.instances,

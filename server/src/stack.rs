@@ -7,6 +7,8 @@ use tower::ServiceBuilder;
 use crate::layers::account::{Account, AccountLayer};
 use crate::layers::batch::{Batch, BatchLayer};
 use crate::layers::cache::{Cache, CacheLayer};
+use crate::layers::classify::{Classify, ClassifyLayer};
+use crate::layers::decode::{Decode, DecodeLayer};
 use crate::layers::execute::Execute;
 use crate::layers::observe::{Observe, ObserveLayer};
 use crate::layers::resolve::{Resolve, ResolveLayer};
@@ -18,7 +20,9 @@ use crate::repository::Repository;
 
 /// The composed service both front ends call. Admission control (concurrency limits, load
 /// shedding, rate limits) runs in front of it, in the front ends, before bodies are decoded.
-pub type Stack = Observe<RouteService<Resolve<Account<Validate<Cache<Tokenize<Batch<Execute>>>>>>>>;
+pub type Stack = Observe<
+    RouteService<Resolve<Account<Validate<Classify<Cache<Decode<Tokenize<Batch<Execute>>>>>>>>>,
+>;
 
 /// Builds the stack over a repository.
 pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<RouteTable>) -> Stack {
@@ -33,11 +37,16 @@ pub fn build(repository: Arc<Repository>, metrics: Arc<Metrics>, routes: Arc<Rou
         .layer(AccountLayer::new(Arc::clone(&metrics)))
         // before the cache: a malformed request is never hashed or looked up
         .layer(ValidateLayer)
+        // above the cache: one cached answer serves a classification of any size
+        .layer(ClassifyLayer)
         // above batching: a hit never waits in a batch queue, and identical requests in
         // flight together are computed once
         .layer(CacheLayer::new(Arc::clone(&metrics)))
         // below the cache (a hit is never tokenized; the key is the text) and above batching
         // (a batch closes on a token budget, and rows of any length share it)
+        // below the cache (a hit is never decoded; the key is the encoded image) and above
+        // batching (images of any size and format batch as the network's fixed-size input)
+        .layer(DecodeLayer)
         .layer(TokenizeLayer::new(Arc::clone(&metrics)))
         // per model version queue; forms batches while the instances are busy
         .layer(BatchLayer::new(Arc::clone(&metrics)))

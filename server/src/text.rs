@@ -4,13 +4,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::error::{ErrorKind, ServeError};
+use crate::pool::ProcessingPool;
 use infergate_config::TextEmbedding;
 use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::text::{EmbeddingFactory, TextError, TextModelFiles, TextProcessor};
 use infergate_runtime::{BackendFactory, RuntimeError};
-use tokio::sync::Semaphore;
-
-use crate::error::{ErrorKind, ServeError};
 
 /// Request parameters that change a text model's answer (part of its response-cache key).
 pub const OUTPUT_PARAMETERS: [&str; 3] = ["truncate", "normalize", "dimensions"];
@@ -19,7 +18,7 @@ pub const OUTPUT_PARAMETERS: [&str; 3] = ["truncate", "normalize", "dimensions"]
 #[derive(Debug, Clone)]
 pub struct TextModel {
     pub processor: Arc<TextProcessor>,
-    pool: Arc<Semaphore>,
+    pool: ProcessingPool,
 }
 
 /// What a request asks of a text model (TEI's and OpenAI's options, or V2 parameters).
@@ -43,12 +42,9 @@ impl TextModel {
     ) -> Result<(Arc<dyn BackendFactory>, Self), RuntimeError> {
         let files = TextModelFiles::read(dir)?;
         let factory = EmbeddingFactory::load(&files, config, Some(runtime), intra_op_threads)?;
-        let threads = config.tokenizer_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
-        });
         let model = Self {
             processor: Arc::clone(factory.processor()),
-            pool: Arc::new(Semaphore::new(threads)),
+            pool: ProcessingPool::new(config.tokenizer_threads, "tokenizer"),
         };
         Ok((Arc::new(factory), model))
     }
@@ -59,26 +55,21 @@ impl TextModel {
         texts: Vec<bytes::Bytes>,
         truncate: bool,
     ) -> Result<Vec<Vec<u32>>, ServeError> {
-        let _permit = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|_| ServeError::internal("tokenizer pool closed"))?;
         let processor = Arc::clone(&self.processor);
-        tokio::task::spawn_blocking(move || {
-            texts
-                .iter()
-                .enumerate()
-                .map(|(index, text)| {
-                    let text =
-                        std::str::from_utf8(text).map_err(|_| TextError::NotUtf8 { index })?;
-                    processor.tokenize(index, text, truncate)
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| ServeError::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(text_error)
+        self.pool
+            .run(move || {
+                texts
+                    .iter()
+                    .enumerate()
+                    .map(|(index, text)| {
+                        let text =
+                            std::str::from_utf8(text).map_err(|_| TextError::NotUtf8 { index })?;
+                        processor.tokenize(index, text, truncate)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await?
+            .map_err(text_error)
     }
 }
 

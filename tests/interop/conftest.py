@@ -17,11 +17,11 @@ class Server:
         self.proc, self.http, self.grpc, self.admin = proc, http, grpc, admin
 
 
-def start(repo):
-    """Starts infergate on `repo` and waits for its 'serving' line."""
+def start(repo, *extra):
+    """Starts infergate on `repo` (and `extra` arguments) and waits for its 'serving' line."""
     proc = subprocess.Popen(
         [BINARY, "serve", "--model-repository", repo, "--http-addr", "127.0.0.1:0",
-         "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"],
+         "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     deadline = time.time() + 120

@@ -107,6 +107,15 @@ impl Graph {
     pub fn finish(self, arch: &Arch, doc: &str) -> Vec<u8> {
         let f = arch.features() as i64;
         let c = arch.classes() as i64;
+        self.finish_with(
+            ValueInfoProto::tensor("input", dtype::FLOAT, &[-1, f]),
+            ValueInfoProto::tensor("logits", dtype::FLOAT, &[-1, c]),
+            doc,
+        )
+    }
+
+    /// The encoded model with one input and one output.
+    pub fn finish_with(self, input: ValueInfoProto, output: ValueInfoProto, doc: &str) -> Vec<u8> {
         ModelProto {
             ir_version: 7,
             opset_import: vec![OperatorSetIdProto {
@@ -120,8 +129,8 @@ impl Graph {
                 node: self.nodes,
                 name: "infergate".to_owned(),
                 initializer: self.initializers,
-                input: vec![ValueInfoProto::tensor("input", dtype::FLOAT, &[-1, f])],
-                output: vec![ValueInfoProto::tensor("logits", dtype::FLOAT, &[-1, c])],
+                input: vec![input],
+                output: vec![output],
             }),
             metadata_props: Vec::new(),
         }

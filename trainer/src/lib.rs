@@ -3,8 +3,11 @@
 //! lineage, metrics and drift baselines.
 
 pub mod data;
+pub mod efficientnet;
+pub mod efficientnet_int8;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod pipeline;
 pub mod quantize;
 pub mod rng;

@@ -16,13 +16,13 @@ pub const SCHEME: &str = "int8-static-qoperator-per-channel";
 
 /// Observed range of a tensor.
 #[derive(Debug, Clone, Copy)]
-struct Range {
-    min: f32,
-    max: f32,
+pub(crate) struct Range {
+    pub(crate) min: f32,
+    pub(crate) max: f32,
 }
 
 impl Range {
-    fn include(&mut self, t: &Tensor) -> candle_core::Result<()> {
+    pub(crate) fn include(&mut self, t: &Tensor) -> candle_core::Result<()> {
         let v = t.flatten_all()?;
         self.min = self.min.min(v.min_all()?.to_scalar::<f32>()?);
         self.max = self.max.max(v.max_all()?.to_scalar::<f32>()?);
@@ -30,7 +30,7 @@ impl Range {
     }
 
     /// uint8 affine parameters covering the range (and zero, so ReLU zeros are exact).
-    fn uint8(self) -> (f32, u8) {
+    pub(crate) fn uint8(self) -> (f32, u8) {
         let (lo, hi) = (self.min.min(0.0), self.max.max(0.0));
         let scale = ((hi - lo) / 255.0).max(f32::MIN_POSITIVE);
         let zero = (-lo / scale).round().clamp(0.0, 255.0) as u8;
@@ -66,7 +66,7 @@ fn calibrate(net: &Net, calibration: &Dataset) -> anyhow::Result<HashMap<String,
 }
 
 /// Symmetric int8 per row of `w` (`rows` output channels): `(bytes, scales)`.
-fn per_channel(w: &[f32], rows: usize) -> (Vec<u8>, Vec<f32>) {
+pub(crate) fn per_channel(w: &[f32], rows: usize) -> (Vec<u8>, Vec<f32>) {
     let per = w.len() / rows;
     let mut q = Vec::with_capacity(w.len());
     let mut scales = Vec::with_capacity(rows);
@@ -83,20 +83,20 @@ fn per_channel(w: &[f32], rows: usize) -> (Vec<u8>, Vec<f32>) {
 }
 
 /// A quantized activation in the graph: tensor name with its scale and zero-point names.
-struct Quantized {
-    tensor: String,
-    scale: String,
-    zero: String,
+pub(crate) struct Quantized {
+    pub(crate) tensor: String,
+    pub(crate) scale: String,
+    pub(crate) zero: String,
 }
 
-fn affine(g: &mut Graph, name: &str, (scale, zero): (f32, u8)) -> (String, String) {
+pub(crate) fn affine(g: &mut Graph, name: &str, (scale, zero): (f32, u8)) -> (String, String) {
     (
         g.init_f32(&format!("{name}.scale"), &[], &[scale]),
         g.init_raw(&format!("{name}.zero"), dtype::UINT8, &[], vec![zero]),
     )
 }
 
-fn quantize_input(g: &mut Graph, layer: &str, h: &str, range: Range) -> Quantized {
+pub(crate) fn quantize_input(g: &mut Graph, layer: &str, h: &str, range: Range) -> Quantized {
     let (scale, zero) = affine(g, &format!("{layer}.x"), range.uint8());
     let tensor = g.node(
         "QuantizeLinear",

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub mod bert;
+pub mod efficientnet;
+pub mod pth;
 
 use candle_core::{D, Device, Tensor as CTensor};
 use serde::{Deserialize, Serialize};

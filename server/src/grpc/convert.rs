@@ -64,7 +64,9 @@ pub fn request(r: pb::ModelInferRequest) -> Result<InferRequest, ServeError> {
         };
         req.inputs.push(NamedTensor::new(name, tensor));
     }
-    req.outputs = r.outputs.into_iter().map(|o| o.name).collect();
+    for output in r.outputs {
+        req.request_output(output.name, &parameters(output.parameters))?;
+    }
     Ok(req)
 }
 

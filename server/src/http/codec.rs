@@ -207,7 +207,17 @@ fn decode_parsed(
                 Tensor::from_raw(dtype, input.shape, data)
                     .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))?
             }
-            (None, Some(data)) => json_tensor(&name, dtype, input.shape, data)?,
+            (None, Some(data)) => {
+                let tensor = json_tensor(&name, dtype, input.shape, data)?;
+                if params
+                    .iter()
+                    .any(|(k, v)| k == "content_type" && *v == ParamValue::String("base64".into()))
+                {
+                    unbase64(&name, tensor)?
+                } else {
+                    tensor
+                }
+            }
             (None, None) => {
                 return Err(ServeError::invalid(format!(
                     "input '{name}' has neither 'data' nor a 'binary_data_size' parameter"
@@ -227,9 +237,34 @@ fn decode_parsed(
         if let Some(b) = param_bool(&params, "binary_data") {
             prefs.explicit.push((output.name.clone(), b));
         }
-        req.outputs.push(output.name);
+        req.request_output(output.name, &params)?;
     }
     Ok((req, prefs))
+}
+
+/// A BYTES input sent as base64 strings (input parameter `content_type: "base64"`, as the Open
+/// Inference Protocol's codecs write binary data such as images in JSON), decoded.
+fn unbase64(name: &str, tensor: Tensor) -> Result<Tensor, ServeError> {
+    use base64::Engine as _;
+    let TensorData::Bytes(elements) = tensor.data() else {
+        return Err(ServeError::invalid(format!(
+            "input '{name}': content_type 'base64' applies to BYTES inputs only"
+        )));
+    };
+    let decoded = elements
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e)
+                .map(Bytes::from)
+                .map_err(|err| {
+                    ServeError::invalid(format!("input '{name}' element {i} is not base64: {err}"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Tensor::from_elements(tensor.shape().to_vec(), decoded)
+        .map_err(|e| ServeError::invalid(format!("input '{name}': {e}")))
 }
 
 /// A raw binary request (`Inference-Header-Content-Length: 0`): the whole body is the single
@@ -285,8 +320,13 @@ pub fn decode_raw(
             )));
         }
     }
-    let tensor = Tensor::from_raw(spec.dtype, shape, body)
-        .map_err(|e| ServeError::invalid(format!("input '{}': {e}", spec.name)))?;
+    // An image model's raw body is the encoded image itself, not length-prefixed BYTES.
+    let tensor = if target.image.is_some() {
+        Tensor::from_elements(shape, vec![body])
+    } else {
+        Tensor::from_raw(spec.dtype, shape, body)
+    }
+    .map_err(|e| ServeError::invalid(format!("input '{}': {e}", spec.name)))?;
     let mut req = InferRequest::new(model, version, Protocol::Http);
     req.inputs
         .push(NamedTensor::new(Arc::from(spec.name.as_str()), tensor));

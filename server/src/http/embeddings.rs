@@ -15,13 +15,13 @@ use bytes::Bytes;
 use infergate_runtime::{NamedTensor, Tensor, text};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use crate::Gateway;
 use crate::core::{InferRequest, InferResponse, ParamValue, Protocol};
 use crate::error::{ErrorKind, ServeError};
-use crate::layers::route::ROUTE_KEY_HEADER;
 use crate::layers::tokenize::PROMPT_TOKENS;
+
+use super::submit::submit;
 
 /// One input or a list of them: strings, or token ids (OpenAI's other form).
 #[derive(Debug, Deserialize)]
@@ -156,31 +156,11 @@ async fn embed(
     texts: Vec<String>,
     params: Vec<(String, ParamValue)>,
 ) -> Result<(InferResponse, Vec<f32>, usize, usize), ServeError> {
-    use tracing::Instrument as _;
-    let client = headers
-        .get(g.admission.client_key_header.as_str())
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(|| peer.ip().to_string(), str::to_string);
-    let _admitted = g
-        .admission
-        .admit(&g.repository, &g.metrics, &model, &client)?;
     if texts.is_empty() {
         return Err(ServeError::invalid(
             "input is empty: send at least one string",
         ));
     }
-    let limit = g.config.server.max_tensor_elements;
-    if texts.len() > limit {
-        return Err(ServeError::new(
-            ErrorKind::TooLarge,
-            format!(
-                "{} inputs are over the limit of {limit} (server.max_tensor_elements)",
-                texts.len()
-            ),
-        ));
-    }
-    let trace =
-        crate::telemetry::request_span(headers, &model, "http", g.config.telemetry.sampling_ratio);
     let n = texts.len();
     let elements: Vec<Bytes> = texts.into_iter().map(Bytes::from).collect();
     let mut req = InferRequest::new(model, None, Protocol::Http);
@@ -190,18 +170,7 @@ async fn embed(
             .map_err(|e| ServeError::internal(e.to_string()))?,
     ));
     req.parameters = params;
-    req.route_key = headers
-        .get(ROUTE_KEY_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    req.span = trace.span.clone();
-    let resp = g
-        .stack
-        .clone()
-        .oneshot(req)
-        .instrument(trace.span)
-        .await
-        .map_err(ServeError::from)?;
+    let resp = submit(g, headers, peer, req).await?;
     let output = resp.output(text::EMBEDDING_OUTPUT);
     let dim = output
         .and_then(|t| t.shape().get(1).copied())

@@ -1,11 +1,13 @@
 //! The KServe V2 HTTP/REST front end: translates HTTP to the core request and back.
 
+mod classify;
 pub(crate) mod codec;
 mod embeddings;
 mod infer;
 mod listen;
 mod numbers;
 mod onepass;
+mod submit;
 
 pub(crate) use infer::variant_of;
 pub use listen::{ConnLimits, serve};
@@ -13,7 +15,7 @@ pub use listen::{ConnLimits, serve};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
@@ -36,6 +38,7 @@ pub(crate) struct ModelPath {
 
 /// The public router (port 8000).
 pub fn router(gateway: Arc<Gateway>) -> Router {
+    let body_limit = gateway.config.server.max_body_bytes;
     let router = Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
@@ -67,6 +70,15 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(model_stats),
         )
         .route("/v2/repository/index", post(repository_index))
+        // image classification for curl users: an upload in, top-k labels out
+        .route(
+            "/v2/models/{model}/classify",
+            post(classify::classify).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/classify",
+            post(classify::classify).layer(DefaultBodyLimit::max(body_limit)),
+        )
         // OpenAI's and text-embeddings-inference's APIs for text-embedding models
         .route("/v1/embeddings", post(embeddings::openai))
         .route("/embed", post(embeddings::tei))

@@ -4,6 +4,8 @@ pub mod account;
 pub mod batch;
 pub mod cache;
 pub mod canary;
+pub mod classify;
+pub mod decode;
 pub mod execute;
 pub mod experiment;
 pub mod observe;
