@@ -324,6 +324,12 @@ impl Registry {
                 let (s, a) = inspect::safetensors_signature(&bytes)?;
                 (s, a, PLATFORM_CANDLE)
             }
+            ArtifactKind::Tokenizer => {
+                return Err(RegistryError::invalid(
+                    "file",
+                    "a tokenizer is registered with its model's folder, not alone",
+                ));
+            }
         };
         self.register(NewVersion {
             model: model.to_owned(),

@@ -27,6 +27,8 @@ pub struct Signature {
 pub enum ArtifactKind {
     Onnx,
     Safetensors,
+    /// A Hugging Face `tokenizer.json`, beside the network of a text model.
+    Tokenizer,
 }
 
 impl ArtifactKind {
@@ -34,6 +36,7 @@ impl ArtifactKind {
         match self {
             Self::Onnx => "onnx",
             Self::Safetensors => "safetensors",
+            Self::Tokenizer => "tokenizer",
         }
     }
 }

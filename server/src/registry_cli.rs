@@ -32,11 +32,17 @@ pub struct RegistryArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Verb {
-    /// Register an ONNX or safetensors file as the model's next version.
+    /// Register an ONNX or safetensors file as the model's next version, or a text model's
+    /// version folder (`tokenizer.json`, `config.json`, `1_Pooling/config.json` and the
+    /// network its config picks) with the model's config.toml.
     Import {
         #[arg(long)]
         name: String,
         file: PathBuf,
+        /// The model's config.toml for a folder (with an `[embedding]` section); it is
+        /// registered with the version [default: config.toml beside the folder].
+        #[arg(long, value_name = "FILE")]
+        model_config: Option<PathBuf>,
     },
     /// Models with their versions and aliases.
     List,
@@ -127,8 +133,25 @@ pub fn run(args: RegistryArgs, env: Vec<(String, String)>) -> anyhow::Result<()>
 fn execute(reg: &Registry, verb: Verb, author: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     match verb {
-        Verb::Import { name, file } => {
-            let v = reg.import(&name, &file, author)?;
+        Verb::Import {
+            name,
+            file,
+            model_config,
+        } => {
+            let v = if file.is_dir() {
+                let path = model_config.unwrap_or_else(|| {
+                    file.parent()
+                        .unwrap_or(std::path::Path::new("."))
+                        .join(crate::repository::CONFIG_FILE)
+                });
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                reg.register(crate::text::registry_version(&name, &file, &text, author)?)?
+            } else if model_config.is_some() {
+                bail!("--model-config goes with a text model's folder, not a file");
+            } else {
+                reg.import(&name, &file, author)?
+            };
             writeln!(
                 out,
                 "registered {name} version {} ({}, {})",

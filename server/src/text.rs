@@ -6,10 +6,24 @@ use std::sync::Arc;
 
 use crate::error::{ErrorKind, ServeError};
 use crate::pool::ProcessingPool;
-use infergate_config::TextEmbedding;
+use infergate_config::{ModelConfig, TextBackend, TextEmbedding};
+use infergate_registry::{
+    ArtifactKind, Lineage, NewArtifact, NewVersion, PLATFORM_CANDLE, PLATFORM_ONNX, Signature,
+    TensorSig,
+};
 use infergate_runtime::ort::OrtRuntime;
-use infergate_runtime::text::{EmbeddingFactory, TextError, TextModelFiles, TextProcessor};
+use infergate_runtime::text::{
+    EMBEDDING_OUTPUT, EmbeddingFactory, POOLING_CONFIG_FILE, TEXT_INPUT, TOKENIZER_FILE,
+    TRANSFORMER_CONFIG_FILE, TextError, TextModelFiles, TextProcessor, TransformerInfo,
+};
 use infergate_runtime::{BackendFactory, RuntimeError};
+
+/// Keys of a registry version's architecture: the model's `config.toml` (its text, so it is
+/// checked as a folder's would be), the transformer's `config.json` and the pooling of
+/// `1_Pooling/config.json`. The tokenizer is an artifact of its own.
+pub const MODEL_CONFIG_KEY: &str = "model_config";
+const TRANSFORMER_KEY: &str = "transformer";
+const POOLING_KEY: &str = "pooling";
 
 /// Request parameters that change a text model's answer (part of its response-cache key).
 pub const OUTPUT_PARAMETERS: [&str; 3] = ["truncate", "normalize", "dimensions"];
@@ -42,11 +56,16 @@ impl TextModel {
     ) -> Result<(Arc<dyn BackendFactory>, Self), RuntimeError> {
         let files = TextModelFiles::read(dir)?;
         let factory = EmbeddingFactory::load(&files, config, Some(runtime), intra_op_threads)?;
-        let model = Self {
+        let model = Self::new(&factory, config);
+        Ok((Arc::new(factory), model))
+    }
+
+    /// The processing of a loaded embedding model.
+    pub fn new(factory: &EmbeddingFactory, config: &TextEmbedding) -> Self {
+        Self {
             processor: Arc::clone(factory.processor()),
             pool: ProcessingPool::new(config.tokenizer_threads, "tokenizer"),
-        };
-        Ok((Arc::new(factory), model))
+        }
     }
 
     /// Tokenizes `texts` on the blocking pool, at most the model's `tokenizer_threads` at once.
@@ -81,4 +100,102 @@ pub fn text_error(e: TextError) -> ServeError {
         _ => ErrorKind::InvalidInput,
     };
     ServeError::new(kind, e.to_string())
+}
+
+/// What a registry version's architecture says about its transformer (see
+/// [`MODEL_CONFIG_KEY`]).
+pub fn registry_transformer(architecture: &serde_json::Value) -> Result<TransformerInfo, String> {
+    let pooling = architecture
+        .get(POOLING_KEY)
+        .map(|p| serde_json::from_value(p.clone()))
+        .transpose()
+        .map_err(|e| format!("architecture's {POOLING_KEY}: {e}"))?;
+    Ok(TransformerInfo {
+        config: architecture.get(TRANSFORMER_KEY).cloned(),
+        pooling,
+    })
+}
+
+/// A text model's version folder (`tokenizer.json`, `config.json`, `1_Pooling/config.json`
+/// and `model.onnx` or `model.safetensors`, as the model's config picks) as the next version of
+/// `model` in the registry. `model_config` is the text of the model's `config.toml`, which
+/// must have an `[embedding]` section; it travels with the version, so the registry version
+/// serves with the same processing, batching and cache as the folder.
+pub fn registry_version(
+    model: &str,
+    dir: &Path,
+    model_config: &str,
+    author: &str,
+) -> anyhow::Result<NewVersion> {
+    let config = ModelConfig::parse(model_config, "the model's config.toml")?;
+    let Some(embedding) = &config.embedding else {
+        anyhow::bail!(
+            "{} is a folder but the model's config.toml has no [embedding] section: only text models are registered from a folder",
+            dir.display()
+        );
+    };
+    let files = TextModelFiles::read(dir)?;
+    let hidden = files.info.hidden_size().ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} has no {TRANSFORMER_CONFIG_FILE} with hidden_size",
+            dir.display()
+        )
+    })?;
+    let (platform, kind, network) = match embedding.backend {
+        TextBackend::Onnx => (PLATFORM_ONNX, ArtifactKind::Onnx, &files.onnx),
+        TextBackend::Candle => (
+            PLATFORM_CANDLE,
+            ArtifactKind::Safetensors,
+            &files.safetensors,
+        ),
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    };
+    // The tokenizer must load, as the server will load it.
+    TextProcessor::load(&files, embedding)?;
+    let mut architecture = serde_json::json!({ MODEL_CONFIG_KEY: model_config });
+    if let Some(transformer) = &files.info.config {
+        architecture[TRANSFORMER_KEY] = transformer.clone();
+    }
+    if let Some(pooling) = files.info.pooling {
+        architecture[POOLING_KEY] = serde_json::to_value(pooling)?;
+    }
+    Ok(NewVersion {
+        model: model.to_owned(),
+        platform: platform.to_owned(),
+        artifacts: vec![
+            NewArtifact {
+                kind,
+                bytes: read(network)?,
+            },
+            NewArtifact {
+                kind: ArtifactKind::Tokenizer,
+                bytes: read(&files.tokenizer)?,
+            },
+        ],
+        signature: Signature {
+            inputs: vec![TensorSig {
+                name: TEXT_INPUT.to_owned(),
+                datatype: "BYTES".to_owned(),
+                shape: vec![-1],
+            }],
+            outputs: vec![TensorSig {
+                name: EMBEDDING_OUTPUT.to_owned(),
+                datatype: "FP32".to_owned(),
+                shape: vec![-1, hidden as i64],
+            }],
+        },
+        lineage: Lineage {
+            code_version: Some(concat!("infergate ", env!("CARGO_PKG_VERSION")).to_owned()),
+            ..Lineage::default()
+        },
+        architecture,
+        description: format!(
+            "text model imported from {} ({TOKENIZER_FILE}, {TRANSFORMER_CONFIG_FILE}, {POOLING_CONFIG_FILE})",
+            dir.display()
+        ),
+        author: author.to_owned(),
+        ..NewVersion::default()
+    })
 }

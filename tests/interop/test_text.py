@@ -7,7 +7,10 @@ import base64
 import concurrent.futures
 import json
 import os
+import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -20,7 +23,7 @@ import tritonclient.http as httpclient
 from tokenizers import Tokenizer
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, start, stop
+from conftest import BINARY, ROOT, start, stop
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "text"))
 from bert_numpy import Bert  # noqa: E402
@@ -44,7 +47,7 @@ def text_server(tmp_path_factory):
         "max_batch_size = 64\ninstances = 1\n[embedding]\n"
         f"[dynamic_batching]\nmax_batch_tokens = {BUDGET}\nmax_queue_delay_us = 200000\n"
     )
-    server = start(str(repo))
+    server = start(str(repo), "--insecure-admin")
     yield server
     stop(server)
 
@@ -228,3 +231,116 @@ def test_batches_close_on_the_token_budget(text_server, tokenizer):
     assert max(rows for rows, _, _ in executions) > 1
     # Length grouping keeps the padding low: short rows are not padded to the long ones.
     assert tokens["padded_tokens"] < 1.5 * tokens["real_tokens"]
+
+
+def admin(server, method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(f"http://{server.admin}{path}", data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, json.load(r)
+
+
+def test_shadow_compares_embeddings_by_cosine(text_server):
+    """A route on the int8 model mirrors every request to the fp32 one; the live comparison
+    reports the cosine of each pair of vectors."""
+    route = {"name": "minilm-live",
+             "variants": [{"name": "int8", "model": ORT_MODEL, "weight": 100}],
+             "shadow": {"model": CANDLE_MODEL, "fraction": 1.0, "queue": 256}}
+    status, _ = admin(text_server, "PUT", "/admin/routes", [route])
+    assert status == 200
+    try:
+        texts = SENTENCES[:20]
+        for i in range(0, len(texts), 4):
+            out = client(text_server).embeddings.create(model="minilm-live", input=texts[i:i + 4])
+            assert len(out.data) == len(texts[i:i + 4])
+        report = {}
+        for _ in range(100):
+            report = admin(text_server, "GET", "/admin/routes/minilm-live/shadow")[1]["shadow"]
+            if report["rows"] >= len(texts):
+                break
+            time.sleep(0.1)
+        assert report["sent"] == 5 and report["dropped"] == 0, report
+        assert report["both_ok"] == 5 and report["rows"] == len(texts), report
+        # int8 against fp32: the same agreement the cross-backend test measures
+        assert report["mean_cosine"] >= 0.999 and report["min_cosine"] >= 0.995, report
+    finally:
+        admin(text_server, "PUT", "/admin/routes", [])
+
+
+def test_registry_text_versions_hot_swap_without_failed_requests(
+        tmp_path, ort_reference, fp32_reference):
+    """A text model registered from its folder (network, tokenizer, pooling and config.toml as
+    one version) serves from the registry; moving `production` to an fp32 candle version under
+    load swaps it with no failed request."""
+    registry = tmp_path / "registry"
+
+    def cli(*args, check=True):
+        r = subprocess.run([BINARY, "registry", "--registry", str(registry), *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 or not check, r.stderr
+        return r
+
+    assert "registered minilm version 1" in cli(
+        "import", "--name", "minilm", os.path.join(TEXT, ORT_MODEL, "1")).stdout
+    cli("alias", "minilm", "production", "1")
+    v1 = json.loads(cli("show", "minilm", "1").stdout)
+    assert [a["kind"] for a in v1["artifacts"]] == ["onnx", "tokenizer"]
+    assert "max_batch_tokens = 128" in v1["architecture"]["model_config"]
+    assert v1["architecture"]["pooling"] == "mean"
+    assert v1["signature"]["outputs"] == [
+        {"name": "embedding", "datatype": "FP32", "shape": [-1, 384]}]
+    # a folder registers only with a model config that says it is a text model
+    plain = tmp_path / "plain.toml"
+    plain.write_text("max_batch_size = 8\n")
+    refused = cli("import", "--name", "minilm", "--model-config", str(plain),
+                  os.path.join(TEXT, ORT_MODEL, "1"), check=False)
+    assert refused.returncode != 0 and "no [embedding] section" in refused.stderr, refused.stderr
+
+    empty = tmp_path / "empty-repo"
+    empty.mkdir()
+    server = start(str(empty), "--registry", str(registry))
+    try:
+        out = client(server).embeddings.create(model="minilm", input=SENTENCES[:8])
+        assert cosines([d.embedding for d in out.data], ort_reference[:8]).min() >= 0.9995
+        config = httpclient.InferenceServerClient(server.http).get_model_config("minilm")
+        assert int(config["max_batch_size"]) == 64, config  # the registered config.toml
+
+        texts = np.array([s.encode() for s in SENTENCES[:4]], dtype=np.object_)
+        seen, failures, stop_load = {}, [], threading.Event()
+
+        def load():
+            c = httpclient.InferenceServerClient(server.http)
+            while not stop_load.is_set():
+                inp = httpclient.InferInput("text", [len(texts)], "BYTES")
+                inp.set_data_from_numpy(texts)
+                try:
+                    r = c.infer("minilm", [inp])
+                    seen.setdefault(r.get_response()["model_version"], r.as_numpy("embedding"))
+                except Exception as e:  # noqa: BLE001 - every failure is counted
+                    failures.append(repr(e))
+
+        workers = [threading.Thread(target=load) for _ in range(4)]
+        for w in workers:
+            w.start()
+        try:
+            time.sleep(1)
+            assert "registered minilm version 2" in cli(
+                "import", "--name", "minilm", os.path.join(TEXT, CANDLE_MODEL, "1")).stdout
+            cli("alias", "minilm", "production", "2")
+            deadline = time.time() + 120
+            while "2" not in seen and time.time() < deadline:
+                time.sleep(0.2)
+            time.sleep(1)
+        finally:
+            stop_load.set()
+            for w in workers:
+                w.join()
+        assert failures == [], failures[:3]
+        assert set(seen) == {"1", "2"}, seen.keys()
+        assert cosines(seen["1"], ort_reference[:4]).min() >= 0.9995
+        assert cosines(seen["2"], fp32_reference[:4]).min() >= 0.9999
+        v2 = json.loads(cli("show", "minilm", "2").stdout)
+        assert [a["kind"] for a in v2["artifacts"]] == ["safetensors", "tokenizer"]
+    finally:
+        stop(server)

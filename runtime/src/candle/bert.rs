@@ -9,7 +9,9 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config, DTYPE};
 
 use super::{PLATFORM, candle_error};
-use crate::text::{ATTENTION_MASK, HIDDEN_STATE, INPUT_IDS, TOKEN_TYPE_IDS, TextModelFiles};
+use crate::text::{
+    ATTENTION_MASK, HIDDEN_STATE, INPUT_IDS, TOKEN_TYPE_IDS, TextModelFiles, TransformerInfo,
+};
 use crate::{
     Backend, BackendFactory, DataType, NamedTensor, RuntimeError, Signature, StageTimings, Tensor,
     TensorSpec,
@@ -31,26 +33,38 @@ impl BertFactory {
     /// Reads `config.json` and `model.safetensors` of a version folder (keys with or without
     /// the `bert.` prefix).
     pub fn load(files: &TextModelFiles) -> Result<Self, RuntimeError> {
-        let load_error = |path: &std::path::Path, message: String| RuntimeError::Load {
-            path: path.display().to_string(),
+        let weights = std::fs::read(&files.safetensors).map_err(|e| RuntimeError::Load {
+            path: files.safetensors.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(
+            &files.info,
+            weights,
+            &files.safetensors.display().to_string(),
+        )
+    }
+
+    /// The encoder of safetensors `weights` (`origin` names them in errors) shaped by the
+    /// transformer's `config.json`.
+    pub fn from_bytes(
+        info: &TransformerInfo,
+        weights: Vec<u8>,
+        origin: &str,
+    ) -> Result<Self, RuntimeError> {
+        let load_error = |message: String| RuntimeError::Load {
+            path: origin.to_owned(),
             message,
         };
-        let config_path = files.config.as_ref().ok_or_else(|| {
-            load_error(
-                &files.dir,
-                "a candle embedding model needs the transformer's config.json".into(),
-            )
-        })?;
-        let config: Config = std::fs::read(config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            .map_err(|e| load_error(config_path, e))?;
-        let weights = std::fs::read(&files.safetensors)
-            .map_err(|e| load_error(&files.safetensors, e.to_string()))?;
+        let config: Config = info
+            .config
+            .clone()
+            .ok_or_else(|| {
+                load_error("a candle embedding model needs the transformer's config.json".into())
+            })
+            .and_then(|c| serde_json::from_value(c).map_err(|e| load_error(e.to_string())))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DTYPE, &Device::Cpu)
-            .map_err(|e| load_error(&files.safetensors, e.to_string()))?;
-        let model = BertModel::load(vb, &config)
-            .map_err(|e| load_error(&files.safetensors, e.to_string()))?;
+            .map_err(|e| load_error(e.to_string()))?;
+        let model = BertModel::load(vb, &config).map_err(|e| load_error(e.to_string()))?;
         let spec = |name: &str, dtype, shape: Vec<i64>| TensorSpec {
             name: name.into(),
             dtype,

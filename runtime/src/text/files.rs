@@ -8,6 +8,13 @@ use infergate_config::Pooling;
 
 use crate::RuntimeError;
 
+/// The tokenizer file of a text model's version folder.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The transformer's hyper-parameters.
+pub const TRANSFORMER_CONFIG_FILE: &str = "config.json";
+/// sentence-transformers' pooling settings.
+pub const POOLING_CONFIG_FILE: &str = "1_Pooling/config.json";
+
 /// What a text model's folder holds, with the settings read from its JSON files.
 #[derive(Debug, Clone)]
 pub struct TextModelFiles {
@@ -15,71 +22,89 @@ pub struct TextModelFiles {
     pub tokenizer: PathBuf,
     pub onnx: PathBuf,
     pub safetensors: PathBuf,
+    pub info: TransformerInfo,
+}
+
+/// What a text model's JSON files say, for the settings its `config.toml` leaves open. The
+/// registry keeps it with a version (in its architecture), so it is not tied to a folder.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TransformerInfo {
     /// `config.json` (the transformer's hyper-parameters), when present.
-    pub config: Option<PathBuf>,
+    pub config: Option<serde_json::Value>,
     /// From `1_Pooling/config.json`.
     pub pooling: Option<Pooling>,
-    /// From `config.json`.
-    pub max_position_embeddings: Option<usize>,
-    pub hidden_size: Option<usize>,
+}
+
+impl TransformerInfo {
+    /// `max_position_embeddings` of `config.json`: the longest input the network takes.
+    pub fn max_position_embeddings(&self) -> Option<usize> {
+        self.number("max_position_embeddings")
+    }
+
+    /// `hidden_size` of `config.json`: the width of the token vectors.
+    pub fn hidden_size(&self) -> Option<usize> {
+        self.number("hidden_size")
+    }
+
+    fn number(&self, key: &str) -> Option<usize> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.get(key)?.as_u64())
+            .map(|n| n as usize)
+    }
+
+    /// The pooling a sentence-transformers `1_Pooling/config.json` turns on.
+    pub fn pooling_of(pooling_config: &serde_json::Value) -> Option<Pooling> {
+        let on = |key: &str| pooling_config.get(key).and_then(|v| v.as_bool()) == Some(true);
+        if on("pooling_mode_cls_token") {
+            Some(Pooling::Cls)
+        } else if on("pooling_mode_lasttoken") {
+            Some(Pooling::LastToken)
+        } else if on("pooling_mode_mean_tokens") {
+            Some(Pooling::Mean)
+        } else {
+            None
+        }
+    }
+}
+
+/// A JSON file of the folder; none when it does not exist.
+pub fn read_json(path: &Path) -> Result<Option<serde_json::Value>, RuntimeError> {
+    let error = |message: String| RuntimeError::Load {
+        path: path.display().to_string(),
+        message,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| error(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(error(e.to_string())),
+    }
 }
 
 impl TextModelFiles {
     /// Reads the folder; only `tokenizer.json` must exist (the backend needs its own file).
     pub fn read(dir: &Path) -> Result<Self, RuntimeError> {
-        let tokenizer = dir.join("tokenizer.json");
+        let tokenizer = dir.join(TOKENIZER_FILE);
         if !tokenizer.is_file() {
             return Err(RuntimeError::Load {
                 path: dir.display().to_string(),
-                message: "an embedding model's version folder needs a tokenizer.json".into(),
+                message: format!("an embedding model's version folder needs a {TOKENIZER_FILE}"),
             });
         }
-        let json = |path: &Path| -> Result<Option<serde_json::Value>, RuntimeError> {
-            match std::fs::read(path) {
-                Ok(bytes) => {
-                    serde_json::from_slice(&bytes)
-                        .map(Some)
-                        .map_err(|e| RuntimeError::Load {
-                            path: path.display().to_string(),
-                            message: e.to_string(),
-                        })
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(RuntimeError::Load {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                }),
-            }
-        };
-        let config_path = dir.join("config.json");
-        let config = json(&config_path)?;
-        let number = |key: &str| {
-            config
+        let info = TransformerInfo {
+            config: read_json(&dir.join(TRANSFORMER_CONFIG_FILE))?,
+            pooling: read_json(&dir.join(POOLING_CONFIG_FILE))?
                 .as_ref()
-                .and_then(|c| c.get(key)?.as_u64())
-                .map(|n| n as usize)
+                .and_then(TransformerInfo::pooling_of),
         };
-        let pooling = json(&dir.join("1_Pooling").join("config.json"))?.and_then(|p| {
-            let on = |key: &str| p.get(key).and_then(|v| v.as_bool()) == Some(true);
-            if on("pooling_mode_cls_token") {
-                Some(Pooling::Cls)
-            } else if on("pooling_mode_lasttoken") {
-                Some(Pooling::LastToken)
-            } else if on("pooling_mode_mean_tokens") {
-                Some(Pooling::Mean)
-            } else {
-                None
-            }
-        });
         Ok(Self {
             dir: dir.to_path_buf(),
             tokenizer,
             onnx: dir.join("model.onnx"),
             safetensors: dir.join("model.safetensors"),
-            max_position_embeddings: number("max_position_embeddings"),
-            hidden_size: number("hidden_size"),
-            config: config.is_some().then_some(config_path),
-            pooling,
+            info,
         })
     }
 }

@@ -6,13 +6,14 @@
 mod embed;
 mod files;
 
-use std::path::Path;
-
 use infergate_config::{Pooling, TextEmbedding};
 use tokenizers::{PostProcessor as _, Tokenizer};
 
 pub use embed::EmbeddingFactory;
-pub use files::TextModelFiles;
+pub use files::{
+    POOLING_CONFIG_FILE, TOKENIZER_FILE, TRANSFORMER_CONFIG_FILE, TextModelFiles, TransformerInfo,
+    read_json,
+};
 
 use crate::{RuntimeError, Tensor};
 
@@ -76,19 +77,40 @@ impl std::fmt::Debug for TextProcessor {
 
 impl TextProcessor {
     /// Reads `tokenizer.json` (and `config.json` / `1_Pooling/config.json` for what `config`
-    /// leaves open) from a version folder. The tokenizer's own padding and truncation are
-    /// switched off: rows are padded per batch, and length limits are checked here.
+    /// leaves open) from a version folder.
     pub fn load(files: &TextModelFiles, config: &TextEmbedding) -> Result<Self, RuntimeError> {
-        let load_error = |path: &Path, message: String| RuntimeError::Load {
-            path: path.display().to_string(),
+        let bytes = std::fs::read(&files.tokenizer).map_err(|e| RuntimeError::Load {
+            path: files.tokenizer.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::from_bytes(
+            &bytes,
+            &files.info,
+            config,
+            &files.tokenizer.display().to_string(),
+        )
+    }
+
+    /// The processor of a `tokenizer.json`'s content (`origin` names it in errors), with what
+    /// the transformer's files say for the settings `config` leaves open. The tokenizer's own
+    /// padding and truncation are switched off: rows are padded per batch, and length limits
+    /// are checked here.
+    pub fn from_bytes(
+        tokenizer_json: &[u8],
+        info: &TransformerInfo,
+        config: &TextEmbedding,
+        origin: &str,
+    ) -> Result<Self, RuntimeError> {
+        let load_error = |message: String| RuntimeError::Load {
+            path: origin.to_owned(),
             message,
         };
-        let mut tokenizer = Tokenizer::from_file(&files.tokenizer)
-            .map_err(|e| load_error(&files.tokenizer, e.to_string()))?;
+        let mut tokenizer =
+            Tokenizer::from_bytes(tokenizer_json).map_err(|e| load_error(e.to_string()))?;
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(None)
-            .map_err(|e| load_error(&files.tokenizer, e.to_string()))?;
+            .map_err(|e| load_error(e.to_string()))?;
         let added = tokenizer
             .get_post_processor()
             .map_or(0, |p| p.added_tokens(false));
@@ -96,23 +118,22 @@ impl TextProcessor {
         let max_tokens = config
             .max_input_tokens
             .map(|m| m as usize)
-            .or(files.max_position_embeddings)
+            .or(info.max_position_embeddings())
             .unwrap_or(512);
         if max_tokens <= added {
-            return Err(load_error(
-                &files.tokenizer,
-                format!("max_input_tokens {max_tokens} leaves no room for text"),
-            ));
+            return Err(load_error(format!(
+                "max_input_tokens {max_tokens} leaves no room for text"
+            )));
         }
         Ok(Self {
             tokenizer,
             added,
             vocab,
-            pooling: config.pooling.or(files.pooling).unwrap_or(Pooling::Mean),
+            pooling: config.pooling.or(info.pooling).unwrap_or(Pooling::Mean),
             normalize: config.normalize,
             max_tokens,
             truncatable_dimensions: config.truncatable_dimensions,
-            dim: files.hidden_size.unwrap_or(0),
+            dim: info.hidden_size().unwrap_or(0),
         })
     }
 

@@ -340,7 +340,7 @@ impl Repository {
                     load_registry_model(
                         (&registry, which),
                         runtime.as_ref(),
-                        (&defaults, &mut budget, &drift),
+                        (&defaults, &model_defaults, &mut budget, &drift),
                         &owned,
                     )
                 })

@@ -3,13 +3,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use infergate_config::{DriftConfig, ModelConfig, RegistryVersions, RuntimeConfig};
-use infergate_registry::{Registry, VersionRecord};
+use infergate_config::{DriftConfig, ModelConfig, ModelDefaults, RegistryVersions, RuntimeConfig};
+use infergate_registry::{ArtifactKind, Registry, VersionRecord};
+use infergate_runtime::candle::bert::BertFactory;
 use infergate_runtime::candle::{Arch, CandleFactory};
 use infergate_runtime::ort::OrtRuntime;
+use infergate_runtime::text::{EmbeddingFactory, TextProcessor};
 use infergate_runtime::{BackendFactory, Model, ModelOptions};
 
-use super::{Budget, Entry, InputShapes, ModelVersion, Repository, new_version};
+use super::{Budget, Entry, InputShapes, ModelVersion, Repository, admission_for, new_version};
 use crate::error::ServeError;
 
 /// Blocking: loads every version of a registry model, each artifact verified against its
@@ -17,9 +19,10 @@ use crate::error::ServeError;
 pub(super) fn load_registry_model(
     (registry, which): (&Registry, RegistryVersions),
     runtime: Option<&OrtRuntime>,
-    (defaults, budget, drift): (&RuntimeConfig, &mut Budget, &DriftConfig),
+    settings: Settings<'_>,
     name: &str,
 ) -> Entry {
+    let (defaults, model_defaults, budget, drift) = settings;
     let mut entry = Entry::default();
     let (records, aliases) = match registry_state(registry, name, which) {
         Ok(found) => found,
@@ -30,7 +33,12 @@ pub(super) fn load_registry_model(
     };
     for record in &records {
         let version = u64::from(record.version);
-        match load_registry_version(registry, runtime, (defaults, budget, drift), record) {
+        match load_registry_version(
+            registry,
+            runtime,
+            (defaults, model_defaults, &mut *budget, drift),
+            record,
+        ) {
             Ok(loaded) => {
                 entry.versions.insert(version, Arc::new(loaded));
             }
@@ -64,38 +72,54 @@ fn registry_state(
     Ok((records, aliases))
 }
 
-/// Blocking: starts one registry version (artifact verified) as a served version.
+/// What loading a registry version takes besides the registry: the runtime defaults, the
+/// batching and cache defaults, what is left of the memory budget, drift detection.
+pub(super) type Settings<'a> = (
+    &'a RuntimeConfig,
+    &'a ModelDefaults,
+    &'a mut Budget,
+    &'a DriftConfig,
+);
+
+/// Blocking: starts one registry version (artifacts verified) as a served version, with the
+/// model config it was registered with (text models: processing, batching, cache), else the
+/// defaults.
 fn load_registry_version(
     registry: &Registry,
     runtime: Option<&OrtRuntime>,
-    (defaults, budget, drift): (&RuntimeConfig, &mut Budget, &DriftConfig),
+    (defaults, model_defaults, budget, drift): Settings<'_>,
     record: &VersionRecord,
 ) -> Result<ModelVersion, String> {
     let version = u64::from(record.version);
-    let size = record.serving_artifact().map_or(0, |a| a.size);
+    let size = record.artifacts.iter().map(|a| a.size).sum();
     budget
         .take(&format!("{} version {version}", record.model), size)
         .inspect_err(|why| {
             tracing::error!(model = %record.model, version, reason = %why, "registry version not loaded");
         })?;
-    let model = start_registry_version(registry, runtime, defaults, record).inspect_err(|e| {
-        tracing::error!(model = %record.model, version, error = %e, "registry version failed to load");
-    })?;
+    let config = registry_model_config(record, model_defaults)?;
+    let (model, text) = start_registry_version(registry, runtime, defaults, &config, record)
+        .inspect_err(|e| {
+            tracing::error!(model = %record.model, version, error = %e, "registry version failed to load");
+        })?;
     let digest = record
         .serving_artifact()
         .map(|a| format!("sha256:{}", a.digest))
         .unwrap_or_default();
+    let instances = config.instances.unwrap_or(defaults.instances);
+    let admission = admission_for(&config);
     let mut loaded = new_version(
         &record.model,
         version,
         model,
-        ModelConfig::default(),
-        defaults.instances,
+        config,
+        instances,
         digest,
-        None,
+        admission,
     );
     loaded.properties.extend(registry_properties(record));
     loaded.lineage = Some(record.lineage.clone());
+    loaded.text = text;
     if let Some((image, names)) = crate::image::registry_image(&record.architecture)? {
         loaded.image = Some(crate::image::ImageModel::new(&image));
         loaded.class_names = names;
@@ -116,15 +140,54 @@ fn load_registry_version(
     Ok(loaded)
 }
 
+/// The model config a version was registered with (its `config.toml`, checked and filled
+/// with the server's defaults as a folder's is), else the defaults of a model without one.
+fn registry_model_config(
+    record: &VersionRecord,
+    model_defaults: &ModelDefaults,
+) -> Result<ModelConfig, String> {
+    match record.architecture.get(crate::text::MODEL_CONFIG_KEY) {
+        None => Ok(ModelConfig::default()),
+        Some(serde_json::Value::String(text)) => ModelConfig::parse_with(
+            text,
+            &format!("the config.toml of {}:{}", record.model, record.version),
+            model_defaults,
+        )
+        .map_err(|e| e.to_string()),
+        Some(_) => Err(format!(
+            "{}:{}: the architecture's {} is not the text of a config.toml",
+            record.model,
+            record.version,
+            crate::text::MODEL_CONFIG_KEY
+        )),
+    }
+}
+
 /// Runs requests of zeros through a new version so its first real requests do not pay for
 /// lazy initialization: one per shape `recent` recorded that fits the version's signature
-/// (what clients actually send, batch sizes included), else one of batch 1. Models with BYTES
-/// inputs are not warmed up. Returns the shapes used.
+/// (what clients actually send, batch sizes included), else one of batch 1. Text models run one
+/// short sentence; other models with BYTES inputs are not warmed up. Returns the shapes used.
 async fn warm_up(
     version: &ModelVersion,
     recent: &[InputShapes],
 ) -> Result<Vec<InputShapes>, String> {
     let signature = version.model.signature();
+    if version.text.is_some() {
+        // One short sentence through tokenizer, encoder and pooling.
+        let text = infergate_runtime::Tensor::from_elements(
+            vec![1],
+            vec![bytes::Bytes::from_static(b"warm up")],
+        )
+        .map_err(|e| e.to_string())?;
+        let input = infergate_runtime::NamedTensor::new(infergate_runtime::text::TEXT_INPUT, text);
+        version
+            .model
+            .infer(vec![input])
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| format!("warm-up failed: {e}"))?;
+        return Ok(Vec::new());
+    }
     if signature.inputs.iter().any(|s| s.dtype.size().is_none()) {
         return Ok(Vec::new());
     }
@@ -233,6 +296,7 @@ impl Repository {
             );
             let mut budget = self.budget(None);
             let drift = self.drift.clone();
+            let model_defaults = self.model_defaults.clone();
             let started = tokio::task::spawn_blocking(move || {
                 new.iter()
                     .map(|r| {
@@ -241,7 +305,7 @@ impl Repository {
                             load_registry_version(
                                 &reader,
                                 runtime.as_ref(),
-                                (&defaults, &mut budget, &drift),
+                                (&defaults, &model_defaults, &mut budget, &drift),
                                 r,
                             ),
                         )
@@ -389,45 +453,83 @@ fn start_registry_version(
     registry: &Registry,
     runtime: Option<&OrtRuntime>,
     defaults: &RuntimeConfig,
+    config: &ModelConfig,
     record: &VersionRecord,
-) -> Result<Model, String> {
-    let artifact = record
-        .serving_artifact()
-        .ok_or_else(|| format!("no artifact for platform {}", record.platform))?;
-    let bytes = registry
-        .read_artifact(artifact)
-        .map_err(|e| e.to_string())?;
-    let origin = format!(
-        "{}:{} (sha256:{})",
-        record.model, record.version, artifact.digest
-    );
-    let mut factory: Arc<dyn BackendFactory> = if record.platform
-        == infergate_registry::PLATFORM_CANDLE
-    {
+) -> Result<(Model, Option<crate::text::TextModel>), String> {
+    let read = |kind: ArtifactKind| {
+        let artifact = record.artifact(kind).ok_or_else(|| {
+            format!(
+                "{}:{} has no {} artifact",
+                record.model,
+                record.version,
+                kind.as_str()
+            )
+        })?;
+        let bytes = registry
+            .read_artifact(artifact)
+            .map_err(|e| e.to_string())?;
+        let origin = format!(
+            "{}:{} {} (sha256:{})",
+            record.model,
+            record.version,
+            kind.as_str(),
+            artifact.digest
+        );
+        Ok::<_, String>((bytes, origin))
+    };
+    let candle = record.platform == infergate_registry::PLATFORM_CANDLE;
+    let (bytes, origin) = read(if candle {
+        ArtifactKind::Safetensors
+    } else {
+        ArtifactKind::Onnx
+    })?;
+    let threads = config.intra_op_threads.unwrap_or(defaults.intra_op_threads);
+    let onnx = |bytes: Vec<u8>| -> Result<Arc<dyn BackendFactory>, String> {
+        let runtime = runtime.ok_or("onnx runtime is not initialized")?;
+        Ok(Arc::new(
+            runtime
+                .load_bytes(Arc::from(bytes), &origin, threads)
+                .map_err(|e| e.to_string())?,
+        ))
+    };
+    let mut text = None;
+    let factory: Arc<dyn BackendFactory> = if let Some(embedding) = &config.embedding {
+        // A text model: its tokenizer artifact, and the encoder under the pooling.
+        let info = crate::text::registry_transformer(&record.architecture)?;
+        let (tokenizer, tokenizer_origin) = read(ArtifactKind::Tokenizer)?;
+        let processor = TextProcessor::from_bytes(&tokenizer, &info, embedding, &tokenizer_origin)
+            .map_err(|e| e.to_string())?;
+        let encoder: Arc<dyn BackendFactory> = if candle {
+            Arc::new(BertFactory::from_bytes(&info, bytes, &origin).map_err(|e| e.to_string())?)
+        } else {
+            onnx(bytes)?
+        };
+        let factory = EmbeddingFactory::new(processor, encoder).map_err(|e| e.to_string())?;
+        text = Some(crate::text::TextModel::new(&factory, embedding));
+        Arc::new(factory)
+    } else if candle {
         let arch: Arch = serde_json::from_value(record.architecture.clone())
             .map_err(|e| format!("architecture of {origin}: {e}"))?;
         Arc::new(CandleFactory::from_safetensors(arch, &bytes, &origin).map_err(|e| e.to_string())?)
     } else {
-        let runtime = runtime.ok_or("onnx runtime is not initialized")?;
-        Arc::new(
-            runtime
-                .load_bytes(Arc::from(bytes), &origin, defaults.intra_op_threads)
-                .map_err(|e| e.to_string())?,
-        )
+        onnx(bytes)?
     };
-    if let Some((image, _)) = crate::image::registry_image(&record.architecture)? {
-        factory = Arc::new(
+    let factory: Arc<dyn BackendFactory> = match crate::image::registry_image(&record.architecture)?
+    {
+        Some((image, _)) => Arc::new(
             infergate_runtime::image::ImageFactory::new(factory, &image)
                 .map_err(|e| e.to_string())?,
-        );
-    }
+        ),
+        None => factory,
+    };
     let options = ModelOptions {
         name: format!("{}:{}", record.model, record.version),
-        instances: defaults.instances,
+        instances: config.instances.unwrap_or(defaults.instances),
         queue_capacity: defaults.queue_capacity,
-        nice: 0,
+        nice: config.nice,
     };
-    Model::start(factory, options).map_err(|e| e.to_string())
+    let model = Model::start(factory, options).map_err(|e| e.to_string())?;
+    Ok((model, text))
 }
 
 /// Metadata properties of a registry version.
