@@ -25,8 +25,13 @@ pub const MODEL_CONFIG_KEY: &str = "model_config";
 const TRANSFORMER_KEY: &str = "transformer";
 const POOLING_KEY: &str = "pooling";
 
+/// The request parameter that says a text model's `text` elements are token ids (each the ids
+/// of one input as little-endian int64, special tokens included), not strings: OpenAI's
+/// token-id inputs.
+pub const TOKEN_IDS: &str = "token_ids";
+
 /// Request parameters that change a text model's answer (part of its response-cache key).
-pub const OUTPUT_PARAMETERS: [&str; 3] = ["truncate", "normalize", "dimensions"];
+pub const OUTPUT_PARAMETERS: [&str; 4] = ["truncate", "normalize", "dimensions", TOKEN_IDS];
 
 /// A text model version's processing: its tokenizer and how many tokenizations may run at once.
 #[derive(Debug, Clone)]
@@ -44,6 +49,8 @@ pub struct TextOptions {
     pub normalize: Option<bool>,
     /// Fewer dimensions than the model's (Matryoshka models only).
     pub dimensions: Option<usize>,
+    /// The inputs are token ids ([`TOKEN_IDS`]), not text.
+    pub token_ids: bool,
 }
 
 impl TextModel {
@@ -66,6 +73,34 @@ impl TextModel {
             processor: Arc::clone(factory.processor()),
             pool: ProcessingPool::new(config.tokenizer_threads, "tokenizer"),
         }
+    }
+
+    /// Token ids sent instead of text: each element the ids as little-endian int64, checked
+    /// against the vocabulary and the length limit (no tokenizer runs, so not on the pool).
+    pub fn token_ids(
+        &self,
+        elements: &[bytes::Bytes],
+        truncate: bool,
+    ) -> Result<Vec<Vec<u32>>, ServeError> {
+        elements
+            .iter()
+            .enumerate()
+            .map(|(index, e)| {
+                if e.len() % 8 != 0 {
+                    return Err(ServeError::invalid(format!(
+                        "input {index}: token ids are little-endian int64, 8 bytes each, not {} bytes",
+                        e.len()
+                    )));
+                }
+                let ids: Vec<i64> = e
+                    .chunks_exact(8)
+                    .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect();
+                self.processor
+                    .check_ids(index, &ids, truncate)
+                    .map_err(text_error)
+            })
+            .collect()
     }
 
     /// Tokenizes `texts` on the blocking pool, at most the model's `tokenizer_threads` at once.

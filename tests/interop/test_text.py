@@ -191,13 +191,39 @@ def test_errors_are_one_class_on_every_api(text_server):
     for body, status, message in [
         ({"model": ORT_MODEL, "input": "x", "dimensions": 128}, 400, "cannot be shortened"),
         ({"model": ORT_MODEL, "input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
-        ({"model": ORT_MODEL, "input": [101, 2023]}, 400, "token-id inputs are not supported"),
+        ({"model": ORT_MODEL, "input": [101, 30522, 102]}, 400,
+         "input 0 holds token id 30522, outside the vocabulary of 30522 tokens"),
+        ({"model": ORT_MODEL, "input": [[101, 102], []]}, 400, "input 1 is empty"),
+        ({"model": ORT_MODEL, "input": [101] * 513}, 413,
+         "input 0 has 513 tokens, over the model's maximum of 512"),
         ({"model": ORT_MODEL, "input": []}, 400, "input is empty"),
         ({"model": "nope", "input": "x"}, 404, "nope"),
         ({"input": "x"}, 400, "model"),
     ]:
         got, answer = post(text_server, "/v1/embeddings", body)
         assert got == status and message in answer["error"]["message"], (body, answer)
+
+
+def test_token_id_inputs_embed_as_their_text(text_server, tokenizer):
+    """OpenAI's token-id inputs (and TEI's): the tokenizer's ids, special tokens included,
+    answer what the text does."""
+    texts = SENTENCES[:3]
+    ids = [tokenizer.encode(t).ids for t in texts]
+    by_text = client(text_server).embeddings.create(model=ORT_MODEL, input=texts)
+    by_ids = client(text_server).embeddings.create(model=ORT_MODEL, input=ids)
+    assert by_ids.usage.prompt_tokens == sum(len(i) for i in ids) == by_text.usage.prompt_tokens
+    a = [d.embedding for d in by_text.data]
+    assert cosines([d.embedding for d in by_ids.data], a).min() >= 0.99999
+    one = client(text_server).embeddings.create(model=ORT_MODEL, input=ids[1])
+    assert len(one.data) == 1 and cosines([one.data[0].embedding], a[1:2])[0] >= 0.99999
+    status, vectors = post(text_server, "/embed", {"inputs": [ids[2]]})
+    assert status == 200 and cosines(vectors, a[2:3])[0] >= 0.99999
+    # the response cache tells ids from a text of the same bytes (ids 101, 102 as int64)
+    twin = "e" + "\0" * 7 + "f" + "\0" * 7
+    status, as_text = post(text_server, "/embed", {"inputs": [twin]})
+    assert status == 200
+    status, as_ids = post(text_server, "/embed", {"inputs": [[101, 102]]})
+    assert status == 200 and cosines(as_text, as_ids)[0] < 0.99
 
 
 def test_response_cache_keys_on_text_and_options(text_server):

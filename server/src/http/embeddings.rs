@@ -29,21 +29,32 @@ use super::submit::submit;
 enum Inputs {
     One(String),
     Many(Vec<String>),
-    // Read only to be refused with a precise message.
-    #[allow(dead_code)]
     Ids(Vec<i64>),
-    #[allow(dead_code)]
     ManyIds(Vec<Vec<i64>>),
 }
 
 impl Inputs {
-    fn into_texts(self) -> Result<Vec<String>, ServeError> {
+    /// The `text` input's elements, and the parameter that says they are token ids
+    /// ([`crate::text::TOKEN_IDS`]: each element the ids as little-endian int64).
+    fn into_elements(self) -> (Vec<Bytes>, Option<(String, ParamValue)>) {
+        let ids = |rows: Vec<Vec<i64>>| {
+            let elements = rows
+                .iter()
+                .map(|r| {
+                    r.iter()
+                        .flat_map(|id| id.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                })
+                .map(Bytes::from)
+                .collect();
+            let flag = (crate::text::TOKEN_IDS.to_owned(), ParamValue::Bool(true));
+            (elements, Some(flag))
+        };
         match self {
-            Self::One(s) => Ok(vec![s]),
-            Self::Many(v) => Ok(v),
-            Self::Ids(_) | Self::ManyIds(_) => Err(ServeError::invalid(
-                "token-id inputs are not supported by this server: send the text",
-            )),
+            Self::One(s) => (vec![Bytes::from(s)], None),
+            Self::Many(v) => (v.into_iter().map(Bytes::from).collect(), None),
+            Self::Ids(v) => ids(vec![v]),
+            Self::ManyIds(v) => ids(v),
         }
     }
 }
@@ -146,23 +157,24 @@ fn tei_model(g: &Gateway, named: Option<String>) -> Result<String, ServeError> {
         .ok_or_else(|| ServeError::not_found("no text-embedding model is being served"))
 }
 
-/// Sends `texts` through admission and the stack; returns the response, its `[n, dim]` values,
+/// Sends `inputs` through admission and the stack; returns the response, its `[n, dim]` values,
 /// `dim` and the token count.
 async fn embed(
     g: &Gateway,
     headers: &HeaderMap,
     peer: SocketAddr,
     model: String,
-    texts: Vec<String>,
-    params: Vec<(String, ParamValue)>,
+    inputs: Inputs,
+    mut params: Vec<(String, ParamValue)>,
 ) -> Result<(InferResponse, Vec<f32>, usize, usize), ServeError> {
-    if texts.is_empty() {
+    let (elements, token_ids) = inputs.into_elements();
+    if elements.is_empty() {
         return Err(ServeError::invalid(
             "input is empty: send at least one string",
         ));
     }
-    let n = texts.len();
-    let elements: Vec<Bytes> = texts.into_iter().map(Bytes::from).collect();
+    params.extend(token_ids);
+    let n = elements.len();
     let mut req = InferRequest::new(model, None, Protocol::Http);
     req.inputs.push(NamedTensor::new(
         text::TEXT_INPUT,
@@ -218,10 +230,9 @@ pub(crate) async fn openai(
                 )));
             }
         };
-        let texts = body.input.into_texts()?;
         let params = dimensions(body.dimensions);
         let (resp, values, dim, tokens) =
-            embed(&g, &headers, peer, body.model, texts, params).await?;
+            embed(&g, &headers, peer, body.model, body.input, params).await?;
         let data: Vec<Value> = values
             .chunks_exact(dim)
             .enumerate()
@@ -258,7 +269,6 @@ pub(crate) async fn tei(
     let run = async {
         let Json(body) = body.map_err(|e| bad_json(&e))?;
         let model = tei_model(&g, body.model)?;
-        let texts = body.inputs.into_texts()?;
         let mut params = dimensions(body.dimensions);
         if let Some(n) = body.normalize {
             params.push(("normalize".into(), ParamValue::Bool(n)));
@@ -266,7 +276,7 @@ pub(crate) async fn tei(
         if let Some(t) = body.truncate {
             params.push(("truncate".into(), ParamValue::Bool(t)));
         }
-        let (_, values, dim, _) = embed(&g, &headers, peer, model, texts, params).await?;
+        let (_, values, dim, _) = embed(&g, &headers, peer, model, body.inputs, params).await?;
         let vectors: Vec<&[f32]> = values.chunks_exact(dim).collect();
         Ok(json!(vectors))
     };

@@ -71,7 +71,9 @@ where
             let processor = &model.processor;
             let options = options(&req.parameters, processor)?;
             let texts = take_texts(&mut req)?;
-            let rows = {
+            let rows = if options.token_ids {
+                model.token_ids(&texts, options.truncate)?
+            } else {
                 use tracing::Instrument as _;
                 let span = crate::telemetry::stage_span!("tokenize", rows = texts.len());
                 model
@@ -108,6 +110,7 @@ fn options(params: &Parameters, processor: &TextProcessor) -> Result<TextOptions
     for (key, value) in params {
         match (key.as_str(), value) {
             ("truncate", ParamValue::Bool(b)) => options.truncate = *b,
+            (crate::text::TOKEN_IDS, ParamValue::Bool(b)) => options.token_ids = *b,
             ("normalize", ParamValue::Bool(b)) => options.normalize = Some(*b),
             ("dimensions", ParamValue::Int64(n)) => {
                 options.dimensions = Some(usize::try_from(*n).unwrap_or(0));
@@ -115,7 +118,7 @@ fn options(params: &Parameters, processor: &TextProcessor) -> Result<TextOptions
             ("dimensions", ParamValue::Uint64(n)) => {
                 options.dimensions = Some(usize::try_from(*n).unwrap_or(0));
             }
-            ("truncate" | "normalize", _) => {
+            ("truncate" | "normalize" | crate::text::TOKEN_IDS, _) => {
                 return Err(ServeError::invalid(format!(
                     "parameter '{key}' must be a boolean"
                 )));
