@@ -35,10 +35,23 @@ pub fn psi(expected: &[f64], counts: &[u64]) -> f64 {
         .sum()
 }
 
+/// What a text model's drift compares per sampled input: its tokens, and the length of its
+/// pooled vector before normalization.
+pub const TEXT_FEATURES: [&str; 2] = ["tokens", "embedding_norm"];
+
+/// One input's row of [`TEXT_FEATURES`]: `tokens` and the pooled (unnormalized) vector.
+pub fn text_row(tokens: usize, pooled: &[f32]) -> [f32; 2] {
+    let norm = pooled.iter().map(|x| x * x).sum::<f32>().sqrt();
+    [tokens as f32, norm]
+}
+
 /// A closed window's comparison with the baseline.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DriftReport {
     pub rows: usize,
+    /// The compared features' names, where they have names (text models: [`TEXT_FEATURES`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<&'static str>,
     /// PSI per input feature, in feature order.
     pub feature_psi: Vec<f64>,
     pub max_feature_psi: f64,
@@ -63,7 +76,8 @@ pub struct Drift {
     model: String,
     version: String,
     baseline: Baseline,
-    /// The FP32 input whose rows are compared.
+    /// The FP32 input whose rows are compared; empty for a text model, whose rows are
+    /// [`TEXT_FEATURES`] (observed by the tokenize stage).
     input: String,
     config: DriftConfig,
     seen: AtomicU64,
@@ -104,6 +118,30 @@ impl Drift {
             seen: AtomicU64::new(0),
             last: Mutex::new(None),
         })
+    }
+
+    /// A text model's monitor: [`TEXT_FEATURES`] against a baseline of as many features.
+    pub fn for_text(
+        model: &str,
+        version: &str,
+        baseline: Baseline,
+        config: &DriftConfig,
+    ) -> Option<Self> {
+        (baseline.features.len() == TEXT_FEATURES.len()).then(|| Self {
+            model: model.to_string(),
+            version: version.to_string(),
+            input: String::new(),
+            window: Mutex::new(Window::empty(&baseline)),
+            baseline,
+            config: config.clone(),
+            seen: AtomicU64::new(0),
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Whether this monitors a text model (rows come from the tokenize stage, not an input).
+    pub fn on_text(&self) -> bool {
+        self.input.is_empty()
     }
 
     /// Whether this request is one of the sampled (one in `sample_every`).
@@ -190,6 +228,11 @@ impl Drift {
         let class_psi = psi(&self.baseline.class_distribution, &w.classes);
         DriftReport {
             rows: w.rows,
+            features: if self.on_text() {
+                TEXT_FEATURES.to_vec()
+            } else {
+                Vec::new()
+            },
             features_over_threshold: feature_psi.iter().filter(|&&p| p > threshold).count(),
             drifted: max_feature_psi.max(class_psi) > threshold,
             feature_psi,

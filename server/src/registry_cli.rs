@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use infergate_registry::{GateRules, Registry, VersionRecord, format_millis};
+use infergate_runtime::ort::{OrtRuntime, discover};
 
 /// Where the registry lives when neither `--registry` nor `models.registry` says.
 pub const DEFAULT_DIR: &str = "models/registry";
@@ -43,6 +44,10 @@ pub enum Verb {
         /// registered with the version [default: config.toml beside the folder].
         #[arg(long, value_name = "FILE")]
         model_config: Option<PathBuf>,
+        /// For a text model: reference texts, one per line, whose token counts and vector
+        /// norms become the version's drift baseline (none: no drift detection).
+        #[arg(long, value_name = "FILE")]
+        baseline_texts: Option<PathBuf>,
     },
     /// Models with their versions and aliases.
     List,
@@ -125,30 +130,65 @@ pub fn run(args: RegistryArgs, env: Vec<(String, String)>) -> anyhow::Result<()>
         })
         .unwrap_or_else(|| "unknown".to_string());
     let reg = Registry::connect(&location)?;
-    let out = execute(&reg, args.verb, &author)?;
+    // ONNX Runtime, found as `infergate serve` finds it, for the commands that run a model.
+    let ort = || -> anyhow::Result<OrtRuntime> {
+        let ort_env = env
+            .iter()
+            .find(|(k, _)| k == "ORT_DYLIB_PATH")
+            .map(|(_, v)| PathBuf::from(v));
+        let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
+        Ok(OrtRuntime::init(&library)?)
+    };
+    let out = execute(&reg, args.verb, &author, &ort)?;
     print!("{out}");
     Ok(())
 }
 
-fn execute(reg: &Registry, verb: Verb, author: &str) -> anyhow::Result<String> {
+fn execute(
+    reg: &Registry,
+    verb: Verb,
+    author: &str,
+    ort: &dyn Fn() -> anyhow::Result<OrtRuntime>,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     match verb {
         Verb::Import {
             name,
             file,
             model_config,
+            baseline_texts,
         } => {
             let v = if file.is_dir() {
+                let read = |path: &std::path::Path| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                };
                 let path = model_config.unwrap_or_else(|| {
                     file.parent()
                         .unwrap_or(std::path::Path::new("."))
                         .join(crate::repository::CONFIG_FILE)
                 });
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                reg.register(crate::text::registry_version(&name, &file, &text, author)?)?
-            } else if model_config.is_some() {
-                bail!("--model-config goes with a text model's folder, not a file");
+                let text = read(&path)?;
+                let baseline = match baseline_texts {
+                    Some(path) => {
+                        let texts: Vec<String> = read(&path)?.lines().map(str::to_owned).collect();
+                        let runtime = ort()?;
+                        Some(crate::text::text_baseline(
+                            &file,
+                            &text,
+                            Some(&runtime),
+                            &texts,
+                        )?)
+                    }
+                    None => None,
+                };
+                reg.register(crate::text::registry_version(
+                    &name, &file, &text, baseline, author,
+                )?)?
+            } else if model_config.is_some() || baseline_texts.is_some() {
+                bail!(
+                    "--model-config and --baseline-texts go with a text model's folder, not a file"
+                );
             } else {
                 reg.import(&name, &file, author)?
             };

@@ -8,8 +8,8 @@ use crate::error::{ErrorKind, ServeError};
 use crate::pool::ProcessingPool;
 use infergate_config::{ModelConfig, TextBackend, TextEmbedding};
 use infergate_registry::{
-    ArtifactKind, Lineage, NewArtifact, NewVersion, PLATFORM_CANDLE, PLATFORM_ONNX, Signature,
-    TensorSig,
+    ArtifactKind, Baseline, Lineage, NewArtifact, NewVersion, PLATFORM_CANDLE, PLATFORM_ONNX,
+    Signature, TensorSig,
 };
 use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::text::{
@@ -160,6 +160,7 @@ pub fn registry_version(
     model: &str,
     dir: &Path,
     model_config: &str,
+    baseline: Option<Baseline>,
     author: &str,
 ) -> anyhow::Result<NewVersion> {
     let config = ModelConfig::parse(model_config, "the model's config.toml")?;
@@ -226,6 +227,7 @@ pub fn registry_version(
             ..Lineage::default()
         },
         architecture,
+        baseline,
         description: format!(
             "text model imported from {} ({TOKENIZER_FILE}, {TRANSFORMER_CONFIG_FILE}, {POOLING_CONFIG_FILE})",
             dir.display()
@@ -233,4 +235,62 @@ pub fn registry_version(
         author: author.to_owned(),
         ..NewVersion::default()
     })
+}
+
+/// Bins per feature of a text model's drift baseline.
+const BASELINE_BINS: usize = 10;
+
+/// The drift baseline of a text model's folder: [`crate::drift::TEXT_FEATURES`] of `texts`
+/// (reference inputs, one per element; empty ones skipped) as the model computes them, so that
+/// live traffic can be compared with what the model was meant for.
+pub fn text_baseline(
+    dir: &Path,
+    model_config: &str,
+    runtime: Option<&OrtRuntime>,
+    texts: &[String],
+) -> anyhow::Result<Baseline> {
+    use infergate_runtime::text::{ATTENTION_MASK, INPUT_IDS, pad};
+    use infergate_runtime::{NamedTensor, StageTimings};
+    let config = ModelConfig::parse(model_config, "the model's config.toml")?;
+    let embedding = config
+        .embedding
+        .ok_or_else(|| anyhow::anyhow!("the model's config.toml has no [embedding] section"))?;
+    let files = TextModelFiles::read(dir)?;
+    let factory = EmbeddingFactory::load(&files, &embedding, runtime, 0)?;
+    let processor = Arc::clone(factory.processor());
+    let mut backend = factory.create()?;
+    let texts: Vec<&str> = texts
+        .iter()
+        .map(|t| t.trim())
+        .filter(|t| !t.is_empty())
+        .collect();
+    if texts.len() < BASELINE_BINS {
+        anyhow::bail!(
+            "a drift baseline needs at least {BASELINE_BINS} reference texts, not {}",
+            texts.len()
+        );
+    }
+    let mut rows = Vec::with_capacity(texts.len() * 2);
+    for chunk in texts.chunks(16) {
+        let ids = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, t)| processor.tokenize(i, t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let (input_ids, mask) = pad(&refs)?;
+        let inputs = [
+            NamedTensor::new(INPUT_IDS, input_ids),
+            NamedTensor::new(ATTENTION_MASK, mask),
+        ];
+        let out = backend.infer(&inputs, &mut StageTimings::default())?;
+        let pooled = out
+            .first()
+            .and_then(|o| o.tensor.to_vec::<f32>())
+            .ok_or_else(|| anyhow::anyhow!("the model gave no embedding"))?;
+        for (tokens, row) in refs.iter().zip(pooled.chunks_exact(processor.dim)) {
+            rows.extend(crate::drift::text_row(tokens.len(), row));
+        }
+    }
+    Ok(Baseline::from_rows(&rows, 2, BASELINE_BINS, &[], 0))
 }

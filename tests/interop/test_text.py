@@ -370,3 +370,45 @@ def test_registry_text_versions_hot_swap_without_failed_requests(
         assert [a["kind"] for a in v2["artifacts"]] == ["safetensors", "tokenizer"]
     finally:
         stop(server)
+
+
+def test_registry_text_version_reports_drift_on_token_counts(tmp_path):
+    """A text version registered with reference texts carries a baseline of token counts and
+    vector norms; live traffic like it does not drift, much longer inputs do."""
+    registry, refs = tmp_path / "registry", tmp_path / "reference.txt"
+    refs.write_text("\n".join(SENTENCES) + "\n")
+    r = subprocess.run([BINARY, "registry", "--registry", str(registry), "import", "--name",
+                        "minilm", "--baseline-texts", str(refs),
+                        os.path.join(TEXT, ORT_MODEL, "1")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    config = tmp_path / "drift.toml"
+    config.write_text(f"[drift]\nsample_every = 1\nwindow_rows = {len(SENTENCES)}\n")
+    empty = tmp_path / "empty-repo"
+    empty.mkdir()
+    server = start(str(empty), "--registry", str(registry), "--config", str(config),
+                   "--insecure-admin")
+
+    def window(after):
+        for _ in range(100):
+            report = admin(server, "GET", "/admin/models/minilm/drift")[1]["versions"][0]
+            if report["last_window"] and report["last_window"] != after:
+                return report["last_window"]
+            time.sleep(0.1)
+        raise AssertionError(f"no window closed: {report}")
+
+    try:
+        for s in SENTENCES:
+            client(server).embeddings.create(model="minilm", input=s)
+        like = window(None)
+        assert like["features"] == ["tokens", "embedding_norm"], like
+        assert like["rows"] == len(SENTENCES) and not like["drifted"], like
+        for i in range(len(SENTENCES)):
+            long = " ".join(SENTENCES[i:] + SENTENCES[:i])[:1500]
+            status, _ = post(server, "/embed", {"model": "minilm", "inputs": [long],
+                                                "truncate": True})
+            assert status == 200
+        shifted = window(like)
+        assert shifted["drifted"] and shifted["feature_psi"][0] > 1.0, shifted
+    finally:
+        stop(server)

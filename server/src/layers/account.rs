@@ -62,7 +62,7 @@ where
             .target
             .as_ref()
             .and_then(|t| t.drift.as_ref())
-            .filter(|d| d.should_sample())
+            .filter(|d| !d.on_text() && d.should_sample())
             .and_then(|d| d.first_row(&req.inputs));
         AccountFuture {
             drift_row,

@@ -87,6 +87,12 @@ where
                 seq: refs.iter().map(|r| r.len()).max().unwrap_or(0),
                 real: refs.iter().map(|r| r.len()).sum(),
             };
+            let first_tokens = refs.first().map_or(0, |r| r.len());
+            let drift = req
+                .target
+                .as_ref()
+                .and_then(|t| t.drift.clone())
+                .filter(|d| d.on_text() && d.should_sample());
             if let Some(target) = req.target.as_ref() {
                 metrics.record_tokens(&target.labels, tokens.real);
             }
@@ -96,6 +102,14 @@ where
                 NamedTensor::new(text::ATTENTION_MASK, mask),
             ];
             let mut resp = inner.oneshot(req).await?;
+            if let Some(drift) = drift
+                && let Some(pooled) = resp
+                    .output(text::EMBEDDING_OUTPUT)
+                    .and_then(|t| t.to_vec::<f32>())
+            {
+                let first = pooled.get(..processor.dim).unwrap_or(&pooled);
+                drift.observe(&crate::drift::text_row(first_tokens, first), &[]);
+            }
             finish(&mut resp, processor, &options)?;
             resp.parameters
                 .push((PROMPT_TOKENS.into(), ParamValue::Int64(tokens.real as i64)));

@@ -128,13 +128,18 @@ fn load_registry_version(
     if drift.enabled
         && let Some(baseline) = record.baseline.clone()
     {
-        loaded.drift = crate::drift::Drift::new(
-            &record.model,
-            &version.to_string(),
-            baseline,
-            loaded.model.signature(),
-            drift,
-        )
+        let label = version.to_string();
+        loaded.drift = if loaded.text.is_some() {
+            crate::drift::Drift::for_text(&record.model, &label, baseline, drift)
+        } else {
+            crate::drift::Drift::new(
+                &record.model,
+                &label,
+                baseline,
+                loaded.model.signature(),
+                drift,
+            )
+        }
         .map(Arc::new);
     }
     Ok(loaded)
