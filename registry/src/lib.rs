@@ -30,6 +30,10 @@ pub use types::{
     Artifact, ArtifactKind, AuditEntry, Lineage, ModelSummary, Signature, TensorSig, VersionRecord,
 };
 
+/// The key of a version's architecture that holds the model's `config.toml` (its text): the
+/// serving settings (batching, cache, processing) the version was registered with.
+pub const MODEL_CONFIG_KEY: &str = "model_config";
+
 /// The KServe platform of versions served by ONNX Runtime.
 pub const PLATFORM_ONNX: &str = "onnxruntime_onnx";
 /// The KServe platform of versions served by the candle backend from safetensors.

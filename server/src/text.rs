@@ -8,8 +8,8 @@ use crate::error::{ErrorKind, ServeError};
 use crate::pool::ProcessingPool;
 use infergate_config::{ModelConfig, TextBackend, TextEmbedding};
 use infergate_registry::{
-    ArtifactKind, Baseline, Lineage, NewArtifact, NewVersion, PLATFORM_CANDLE, PLATFORM_ONNX,
-    Signature, TensorSig,
+    ArtifactKind, Baseline, Lineage, MODEL_CONFIG_KEY, NewArtifact, NewVersion, PLATFORM_CANDLE,
+    PLATFORM_ONNX, Signature, TensorSig,
 };
 use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::text::{
@@ -18,10 +18,9 @@ use infergate_runtime::text::{
 };
 use infergate_runtime::{BackendFactory, RuntimeError};
 
-/// Keys of a registry version's architecture: the model's `config.toml` (its text, so it is
-/// checked as a folder's would be), the transformer's `config.json` and the pooling of
+/// Keys of a text version's architecture, beside the model's `config.toml`
+/// ([`MODEL_CONFIG_KEY`]): the transformer's `config.json` and the pooling of
 /// `1_Pooling/config.json`. The tokenizer is an artifact of its own.
-pub const MODEL_CONFIG_KEY: &str = "model_config";
 const TRANSFORMER_KEY: &str = "transformer";
 const POOLING_KEY: &str = "pooling";
 

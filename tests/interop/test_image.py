@@ -262,7 +262,8 @@ def test_import_registers_float_and_gated_int8_and_the_registry_serves_them(tmp_
          "--labels", os.path.join(PHOTOS, "labels.txt"),
          "--eval-set", os.path.join(IMAGES, "eval-set.txt"), "--photos", PHOTOS,
          "--out", str(tmp_path / "f.onnx"), "--out-int8", str(tmp_path / "q.onnx"),
-         "--registry", str(registry), "--author", "test"],
+         "--registry", str(registry), "--author", "test",
+         "--model-config", os.path.join(IMAGES, ORT_MODEL, "config.toml")],
         capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "passed the gate, alias int8" in out.stderr, out.stderr
@@ -292,6 +293,9 @@ def test_import_registers_float_and_gated_int8_and_the_registry_serves_them(tmp_
                                 photo("china.jpg"), "image/jpeg")
             assert status == 200, body
             assert body["predictions"][0][0]["label"] == "palace"
+        # served with the registered config.toml: its batch size, batching and cache
+        config = httpclient.InferenceServerClient(server.http).get_model_config(ORT_MODEL)
+        assert int(config["max_batch_size"]) == 16 and "dynamic_batching" in config, config
     finally:
         stop(server)
 

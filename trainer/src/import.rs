@@ -199,13 +199,15 @@ pub struct Source {
 /// Registers the float model (promoted to `production`) and the int8 one (promoted to `int8`
 /// through the gate: top-1 agreement with the float model at least [`MIN_INT8_AGREEMENT`]).
 /// Their architecture record carries the image preprocessing and the class names, so that the
-/// server serves them as image models.
+/// server serves them as image models, and `model_config` (the text of the model's
+/// `config.toml`) when given, so that they serve with its batching and cache.
 pub fn register(
     registry: &Registry,
     model: &str,
     imported: &Imported,
     source: &Source,
     labels: &[String],
+    model_config: Option<&str>,
     author: &str,
 ) -> anyhow::Result<(VersionRecord, VersionRecord, anyhow::Result<()>)> {
     let signature = infergate_registry::Signature {
@@ -231,6 +233,15 @@ pub fn register(
         code_version: Some(concat!("infergate-import ", env!("CARGO_PKG_VERSION")).to_owned()),
         ..Lineage::default()
     };
+    let mut architecture = serde_json::json!({
+        "kind": "efficientnet-lite0",
+        "image": ImageInput::default(),
+        "labels": labels,
+    });
+    if let Some(text) = model_config {
+        infergate_config::ModelConfig::parse(text, "the model's config.toml")?;
+        architecture[infergate_registry::MODEL_CONFIG_KEY] = text.into();
+    }
     let version = |onnx: &[u8], metrics, lineage, what: &str| {
         registry.register(NewVersion {
             model: model.to_owned(),
@@ -243,11 +254,7 @@ pub fn register(
             metrics,
             lineage,
             baseline: None,
-            architecture: serde_json::json!({
-                "kind": "efficientnet-lite0",
-                "image": ImageInput::default(),
-                "labels": labels,
-            }),
+            architecture: architecture.clone(),
             description: what.to_owned(),
             author: author.to_owned(),
         })

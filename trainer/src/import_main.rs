@@ -40,6 +40,9 @@ struct Args {
     registry: Option<PathBuf>,
     #[arg(long, default_value = "efficientnet-lite0")]
     model: String,
+    /// The model's config.toml, registered with both versions (their batching and cache).
+    #[arg(long, value_name = "FILE")]
+    model_config: Option<PathBuf>,
     #[arg(long, env = "USER", default_value = "infergate-import")]
     author: String,
 }
@@ -92,12 +95,18 @@ fn main() -> anyhow::Result<()> {
             package: args.source_package.clone(),
             sha256: infergate_registry::sha256_file(&args.weights)?,
         };
+        let model_config = args
+            .model_config
+            .as_ref()
+            .map(std::fs::read_to_string)
+            .transpose()?;
         let (float, int8, gated) = import::register(
             &registry,
             &args.model,
             &imported,
             &source,
             &labels,
+            model_config.as_deref(),
             &args.author,
         )?;
         eprintln!(

@@ -151,7 +151,10 @@ fn registry_model_config(
     record: &VersionRecord,
     model_defaults: &ModelDefaults,
 ) -> Result<ModelConfig, String> {
-    match record.architecture.get(crate::text::MODEL_CONFIG_KEY) {
+    match record
+        .architecture
+        .get(infergate_registry::MODEL_CONFIG_KEY)
+    {
         None => Ok(ModelConfig::default()),
         Some(serde_json::Value::String(text)) => ModelConfig::parse_with(
             text,
@@ -163,7 +166,7 @@ fn registry_model_config(
             "{}:{}: the architecture's {} is not the text of a config.toml",
             record.model,
             record.version,
-            crate::text::MODEL_CONFIG_KEY
+            infergate_registry::MODEL_CONFIG_KEY
         )),
     }
 }
