@@ -11,7 +11,7 @@ use infergate_runtime::ort::OrtRuntime;
 use infergate_runtime::text::{EmbeddingFactory, TextProcessor};
 use infergate_runtime::{BackendFactory, Model, ModelOptions};
 
-use super::{Budget, Entry, InputShapes, ModelVersion, Repository, admission_for, new_version};
+use super::{Budget, Entry, InputShapes, ModelVersion, Repository};
 use crate::error::ServeError;
 
 /// Blocking: loads every version of a registry model, each artifact verified against its
@@ -107,16 +107,7 @@ fn load_registry_version(
         .map(|a| format!("sha256:{}", a.digest))
         .unwrap_or_default();
     let instances = config.instances.unwrap_or(defaults.instances);
-    let admission = admission_for(&config);
-    let mut loaded = new_version(
-        &record.model,
-        version,
-        model,
-        config,
-        instances,
-        digest,
-        admission,
-    );
+    let mut loaded = ModelVersion::new(&record.model, version, model, config, instances, digest);
     loaded.properties.extend(registry_properties(record));
     loaded.lineage = Some(record.lineage.clone());
     loaded.text = text;
