@@ -94,7 +94,7 @@ pub async fn closed_loop(
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let deadline = args.effective_duration().map(|d| measure_from + d);
-    let recorder = Arc::new(Mutex::new(Recorder::new(measure_from)));
+    let recorder = Arc::new(Mutex::new(Recorder::new(measure_from, deadline)));
     let issued = Arc::new(AtomicU64::new(0));
     let requests = Arc::new(prepared.requests.clone());
     let cpu_before = cpu_time();
@@ -209,7 +209,7 @@ pub async fn open_loop(
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let deadline = args.effective_duration().map(|d| measure_from + d);
-    let recorder = Arc::new(Mutex::new(Recorder::new(measure_from)));
+    let recorder = Arc::new(Mutex::new(Recorder::new(measure_from, deadline)));
     let in_flight = Arc::new(AtomicUsize::new(0));
     let requests = Arc::new(prepared.requests.clone());
     let cpu_before = cpu_time();
@@ -267,7 +267,7 @@ pub async fn open_loop(
     ticker.abort();
     let end = deadline.map_or_else(Instant::now, |d| d.min(Instant::now()));
     let after = server_stats::fetch(target, args).await;
-    let snapshot = std::mem::replace(&mut *lock(&recorder), Recorder::new(measure_from));
+    let snapshot = std::mem::replace(&mut *lock(&recorder), Recorder::new(measure_from, deadline));
     let mut result = snapshot.finish(end);
     result.rate = Some(rate);
     Ok(finish(

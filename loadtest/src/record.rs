@@ -17,6 +17,9 @@ fn histogram() -> Histogram<u64> {
 /// Everything measured in one scenario.
 pub struct Recorder {
     measure_from: Instant,
+    deadline: Option<Instant>,
+    /// Successes that finished inside `[measure_from, deadline]`, whenever they started.
+    done_in_window: u64,
     latency: Histogram<u64>,
     ok: u64,
     errors: BTreeMap<String, u64>,
@@ -25,10 +28,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Counts requests whose (intended) start is at or after `measure_from`.
-    pub fn new(measure_from: Instant) -> Self {
+    /// Counts requests whose (intended) start is at or after `measure_from`; a run with a
+    /// `deadline` also counts the successes that finish by then, for its throughput.
+    pub fn new(measure_from: Instant, deadline: Option<Instant>) -> Self {
         Self {
             measure_from,
+            deadline,
+            done_in_window: 0,
             latency: histogram(),
             ok: 0,
             errors: BTreeMap::new(),
@@ -39,6 +45,10 @@ impl Recorder {
 
     /// Records one request that started (or was meant to start) at `start` and finished now.
     pub fn record(&mut self, start: Instant, done: Instant, outcome: &Outcome) {
+        if outcome.is_ok() && done >= self.measure_from && self.deadline.is_some_and(|d| done <= d)
+        {
+            self.done_in_window += 1;
+        }
         if start < self.measure_from {
             return;
         }
@@ -80,11 +90,26 @@ impl Recorder {
     }
 
     /// The result over `[measure_from, end]`.
+    ///
+    /// Throughput of a run that reached its deadline is the successes that finished inside the
+    /// measured window over its length: counting the requests started in it over the time until
+    /// the last of them finished would add the final drain to the time and leave out the work on
+    /// requests started during warm-up, `window / (window + latency)` too low when the latency is
+    /// a fair part of the window. A run that stopped before it (a request count) divides
+    /// its successes by the time until the last one finished.
     pub fn finish(self, end: Instant) -> RunResult {
+        let window = self
+            .deadline
+            .filter(|&d| end >= d)
+            .map(|d| d.saturating_duration_since(self.measure_from));
         let end = end.max(self.last_done);
         let wall = end
             .saturating_duration_since(self.measure_from)
             .max(Duration::from_micros(1));
+        let throughput = match window {
+            Some(w) if !w.is_zero() => self.done_in_window as f64 / w.as_secs_f64(),
+            _ => self.ok as f64 / wall.as_secs_f64(),
+        };
         let h = &self.latency;
         let quantile = |q: f64| {
             if h.is_empty() {
@@ -101,7 +126,7 @@ impl Recorder {
             duration_s: wall.as_secs_f64(),
             requests: self.counted(),
             successes: self.ok,
-            throughput: self.ok as f64 / wall.as_secs_f64(),
+            throughput,
             p50_ms: quantile(0.50),
             p90_ms: quantile(0.90),
             p99_ms: quantile(0.99),
@@ -217,4 +242,55 @@ pub fn cpu_time() -> Duration {
     };
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A closed loop of 8 connections on a server that completes one request every 100 ms
+    /// (10/s, each waiting 800 ms): 1 s of warm-up, then 2 s measured.
+    #[test]
+    fn closed_loop_throughput_is_the_servers_rate_when_latency_is_long() {
+        let base = Instant::now();
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        let (measure_from, deadline) = (at(1000), at(3000));
+        let mut recorder = Recorder::new(measure_from, Some(deadline));
+        // Job j completes at 100 (j + 1) ms; its connection then sends job j + 8.
+        for j in 0u64.. {
+            let start = if j < 8 { 0 } else { 100 * (j - 7) };
+            if at(start) >= deadline {
+                break;
+            }
+            recorder.record(at(start), at(100 * (j + 1)), &Ok(()));
+        }
+        let result = recorder.finish(deadline);
+        assert!(
+            (result.throughput - 10.0).abs() <= 0.6,
+            "throughput {} /s, the server's rate is 10/s",
+            result.throughput
+        );
+        assert_eq!(result.successes, 20, "requests started in the window");
+        assert!(
+            (result.p50_ms - 800.0).abs() < 1.0,
+            "p50 {} ms",
+            result.p50_ms
+        );
+    }
+
+    /// A run that stops at a request count, before its deadline, divides by the time until
+    /// its last request finished.
+    #[test]
+    fn a_run_stopped_by_count_divides_by_its_own_time() {
+        let base = Instant::now();
+        let at = |ms: u64| base + Duration::from_millis(ms);
+        let mut recorder = Recorder::new(base, Some(at(10_000)));
+        for j in 0..5u64 {
+            recorder.record(at(100 * j), at(100 * (j + 1)), &Ok(()));
+        }
+        recorder.record(at(500), at(600), &Err("http 503".into()));
+        let result = recorder.finish(at(600));
+        assert!((result.throughput - 5.0 / 0.6).abs() < 1e-9);
+        assert_eq!((result.successes, result.errors), (5, 1));
+    }
 }

@@ -5,6 +5,10 @@
 //! usage: embed_ceiling ORT_LIBRARY VERSION_DIR onnx|candle TEXT_FILE SECONDS BATCH...
 //! prints one JSON line per batch size: embeddings/s and the p50 of one call.
 
+// The server's allocator (mimalloc), so that the ceiling and the server allocate alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

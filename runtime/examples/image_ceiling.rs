@@ -7,6 +7,10 @@
 //! prints one JSON line per batch size: images/s, and the share of each call spent decoding
 //! and preprocessing vs in the model.
 
+// The server's allocator (mimalloc), so that the ceiling and the server allocate alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

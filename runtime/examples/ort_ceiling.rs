@@ -3,6 +3,10 @@
 //!
 //! cargo run --release -p infergate-runtime --example ort_ceiling -- MODEL.onnx BATCH SECONDS
 
+// The server's allocator (mimalloc), so that the ceiling and the server allocate alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
