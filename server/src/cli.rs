@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model repository and/or registry over KServe V2 HTTP and gRPC.
     Serve(ServeArgs),
+    /// Score files offline (Parquet, JSON Lines, CSV) with a model: resumable, shardable.
+    Batch(crate::batch::BatchArgs),
     /// Manage the model registry.
     Registry(crate::registry_cli::RegistryArgs),
     /// Check a configuration file, print the commented example, hash a token.

@@ -13,6 +13,8 @@ use crate::repository::ModelVersion;
 pub enum Protocol {
     Http,
     Grpc,
+    /// `infergate batch`: offline scoring in the same process.
+    Batch,
 }
 
 impl Protocol {
@@ -20,6 +22,7 @@ impl Protocol {
         match self {
             Self::Http => "http",
             Self::Grpc => "grpc",
+            Self::Batch => "batch",
         }
     }
 }

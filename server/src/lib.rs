@@ -3,6 +3,7 @@
 
 mod admin;
 pub mod admission;
+pub mod batch;
 pub mod cli;
 pub mod core;
 pub mod drift;

@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         // Builds its tokio runtime once the configuration says how many threads it gets; the
         // other commands are synchronous.
         Command::Serve(args) => infergate_server::cli::serve(args, env),
+        Command::Batch(args) => infergate_server::batch::run(args, env),
         Command::Registry(args) => infergate_server::registry_cli::run(args, env),
         Command::Health { addr } => infergate_server::cli::probe_ready(addr),
         Command::Config(args) => infergate_server::cli::config_command(
