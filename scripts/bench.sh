@@ -103,10 +103,13 @@ scripts/bench_crosscheck.sh
 scripts/bench_overhead.sh
 scripts/bench_text.sh
 scripts/bench_image.sh
+scripts/bench_batch.sh
 
 trap - EXIT
 python3 scripts/bench_report.py "$OUT/results" "$DURATION" "$WARMUP" "$SWEEP" > BENCHMARKS.md
 cat "$OUT/results/text.md" >> BENCHMARKS.md
 echo >> BENCHMARKS.md
 cat "$OUT/results/image.md" >> BENCHMARKS.md
+echo >> BENCHMARKS.md
+cat "$OUT/results/batch.md" >> BENCHMARKS.md
 echo "== BENCHMARKS.md written"

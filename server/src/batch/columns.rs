@@ -139,13 +139,19 @@ impl Flat {
     }
 
     fn append(&self, i: usize, out: &mut Vec<u8>) {
+        self.append_range(i, 1, out);
+    }
+
+    /// Elements `start..start + len`, as little-endian bytes (a list row is one copy).
+    fn append_range(&self, start: usize, len: usize, out: &mut Vec<u8>) {
+        let buffer = self.data.buffers()[0].as_slice();
         if self.bool {
-            let bits = self.data.buffers()[0].as_slice();
-            let bit = self.data.offset() + i;
-            out.push((bits[bit / 8] >> (bit % 8)) & 1);
+            for bit in self.data.offset() + start..self.data.offset() + start + len {
+                out.push((buffer[bit / 8] >> (bit % 8)) & 1);
+            }
         } else {
-            let start = (self.data.offset() + i) * self.width;
-            out.extend_from_slice(&self.data.buffers()[0].as_slice()[start..start + self.width]);
+            let from = (self.data.offset() + start) * self.width;
+            out.extend_from_slice(&buffer[from..from + len * self.width]);
         }
     }
 }
@@ -302,7 +308,7 @@ impl InputValues {
             match &self.values {
                 Values::List { rows, flat } => {
                     let (start, len) = rows[r].expect("checked");
-                    (start..start + len).for_each(|i| flat.append(i, &mut raw));
+                    flat.append_range(start, len, &mut raw);
                 }
                 Values::Features(flats) => flats.iter().for_each(|f| f.append(r, &mut raw)),
                 Values::Bytes(_) => unreachable!(),

@@ -191,7 +191,7 @@ pub fn units(files: &[InputFile], shard: Shard) -> Vec<Unit> {
 }
 
 /// A unit's chunks, read as they are asked for.
-pub type Chunks = Box<dyn Iterator<Item = anyhow::Result<RecordBatch>>>;
+pub type Chunks = Box<dyn Iterator<Item = anyhow::Result<RecordBatch>> + Send>;
 
 /// The chunks of a unit, `chunk_rows` rows each (the last may be shorter), streamed.
 pub fn chunks(
