@@ -130,19 +130,23 @@ pub fn config_command(
     Ok(())
 }
 
+/// The `--model-repository` and `--registry` flags as config overrides.
+pub fn model_overrides(
+    repository: Option<&std::path::Path>,
+    registry: Option<&std::path::Path>,
+) -> Overrides {
+    let mut overrides = Overrides::new();
+    overrides
+        .set("models.repository", repository.map(|p| p.display()))
+        .set("models.registry", registry.map(|p| p.display()));
+    overrides
+}
+
 /// Loads config (file, then `env`, then flags), then serves until SIGINT/SIGTERM on a tokio
 /// runtime of `server.worker_threads` threads (see [`serve_config`]).
 pub fn serve(args: ServeArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
-    let mut overrides = Overrides::new();
+    let mut overrides = model_overrides(args.model_repository.as_deref(), args.registry.as_deref());
     overrides
-        .set(
-            "models.repository",
-            args.model_repository.as_ref().map(|p| p.display()),
-        )
-        .set(
-            "models.registry",
-            args.registry.as_ref().map(|p| p.display()),
-        )
         .set("server.http_addr", args.http_addr)
         .set("server.grpc_addr", args.grpc_addr)
         .set("server.admin_addr", args.admin_addr)

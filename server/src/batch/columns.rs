@@ -320,42 +320,27 @@ impl InputValues {
 
 /// Row spans of a list column, and its values.
 fn list_rows(array: &ArrayRef) -> (Vec<Option<(usize, usize)>>, ArrayRef) {
-    let span = |valid: bool, start: usize, end: usize| valid.then_some((start, end - start));
+    fn spans<O: arrow::array::OffsetSizeTrait>(
+        list: &arrow::array::GenericListArray<O>,
+    ) -> (Vec<Option<(usize, usize)>>, ArrayRef) {
+        let offsets = list.value_offsets();
+        let rows = (0..list.len())
+            .map(|r| {
+                let (start, end) = (offsets[r].as_usize(), offsets[r + 1].as_usize());
+                list.is_valid(r).then_some((start, end - start))
+            })
+            .collect();
+        (rows, Arc::clone(list.values()))
+    }
     match array.data_type() {
-        ArrowType::List(_) => {
-            let list = array.as_list::<i32>();
-            let offsets = list.value_offsets();
-            let rows = (0..list.len())
-                .map(|r| {
-                    span(
-                        list.is_valid(r),
-                        offsets[r] as usize,
-                        offsets[r + 1] as usize,
-                    )
-                })
-                .collect();
-            (rows, Arc::clone(list.values()))
-        }
-        ArrowType::LargeList(_) => {
-            let list = array.as_list::<i64>();
-            let offsets = list.value_offsets();
-            let rows = (0..list.len())
-                .map(|r| {
-                    span(
-                        list.is_valid(r),
-                        offsets[r] as usize,
-                        offsets[r + 1] as usize,
-                    )
-                })
-                .collect();
-            (rows, Arc::clone(list.values()))
-        }
+        ArrowType::List(_) => spans(array.as_list::<i32>()),
+        ArrowType::LargeList(_) => spans(array.as_list::<i64>()),
         _ => {
             let list = array.as_fixed_size_list();
             let size = list.value_length() as usize;
             let base = list.offset() * size;
             let rows = (0..list.len())
-                .map(|r| span(list.is_valid(r), base + r * size, base + (r + 1) * size))
+                .map(|r| list.is_valid(r).then_some((base + r * size, size)))
                 .collect();
             (rows, Arc::clone(list.values()))
         }

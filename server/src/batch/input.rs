@@ -208,11 +208,7 @@ pub fn chunks(
                 .with_row_groups(vec![unit.group])
                 .with_batch_size(chunk_rows)
                 .build()?;
-            let schema = reader.schema();
-            let path = path.clone();
-            let batches =
-                reader.map(move |b| b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display())));
-            (schema, Box::new(batches))
+            (reader.schema(), stream(path, reader))
         }
         Format::Jsonl => {
             let mut reader = BufReader::new(open()?);
@@ -228,10 +224,7 @@ pub fn chunks(
                 .with_batch_size(chunk_rows)
                 .build(reader)
                 .map_err(context)?;
-            let path = path.clone();
-            let batches =
-                reader.map(move |b| b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display())));
-            (schema, Box::new(batches))
+            (schema, stream(path, reader))
         }
         Format::Csv => {
             let mut reader = BufReader::new(open()?);
@@ -246,12 +239,18 @@ pub fn chunks(
                 .with_batch_size(chunk_rows)
                 .build(reader)
                 .map_err(context)?;
-            let path = path.clone();
-            let batches =
-                reader.map(move |b| b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display())));
-            (schema, Box::new(batches))
+            (schema, stream(path, reader))
         }
     })
+}
+
+/// A reader's batches, their errors naming the file.
+fn stream(
+    path: &Path,
+    reader: impl Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>> + Send + 'static,
+) -> Chunks {
+    let path = path.to_path_buf();
+    Box::new(reader.map(move |b| b.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))))
 }
 
 #[cfg(test)]

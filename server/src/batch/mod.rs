@@ -14,7 +14,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array}
 use arrow::datatypes::{DataType as ArrowType, Field, Schema};
 use clap::Args;
 use futures::StreamExt as _;
-use infergate_config::{Config, Overrides};
+use infergate_config::Config;
 use infergate_runtime::NamedTensor;
 use infergate_runtime::ort::{OrtRuntime, discover};
 use tower::ServiceExt as _;
@@ -78,16 +78,8 @@ pub struct BatchArgs {
 
 /// Runs `infergate batch` on a tokio runtime of its own.
 pub fn run(args: BatchArgs, env: Vec<(String, String)>) -> anyhow::Result<()> {
-    let mut overrides = Overrides::new();
-    overrides
-        .set(
-            "models.repository",
-            args.model_repository.as_ref().map(|p| p.display()),
-        )
-        .set(
-            "models.registry",
-            args.registry.as_ref().map(|p| p.display()),
-        );
+    let overrides =
+        crate::cli::model_overrides(args.model_repository.as_deref(), args.registry.as_deref());
     let config = Config::load(args.config.as_deref(), env.clone(), &overrides)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
