@@ -275,6 +275,20 @@ fn a_run_killed_twice_resumes_to_every_row_exactly_once() {
     assert!(again.contains("already complete"), "{again}");
     let refused = run_err(batch_command(&input, &out, &chunking));
     assert!(refused.contains("--resume"), "{refused}");
+    // Resuming with another chunk size would misalign the chunks: refused.
+    let other = ["--id-column", "id", "--chunk-rows", "300", "--resume"];
+    std::fs::write(
+        out.join("manifest-0-of-1.json"),
+        serde_json::to_vec(&{
+            let mut m = manifest(&out, "manifest-0-of-1.json").unwrap();
+            m["complete"] = false.into();
+            m
+        })
+        .unwrap(),
+    )
+    .unwrap();
+    let refused = run_err(batch_command(&input, &out, &other));
+    assert!(refused.contains("chunk size differs"), "{refused}");
 }
 
 #[test]
