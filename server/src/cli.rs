@@ -176,10 +176,6 @@ async fn serve_config(
     env: Vec<(String, String)>,
     heap: Result<(), String>,
 ) -> anyhow::Result<()> {
-    let ort_env = env
-        .iter()
-        .find(|(k, _)| k == "ORT_DYLIB_PATH")
-        .map(|(_, v)| PathBuf::from(v));
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let traces = crate::telemetry::provider(&config.telemetry, &metrics.trace_spans)?;
     let tracer = traces
@@ -191,30 +187,7 @@ async fn serve_config(
         tracing::warn!(error = %e, "glibc malloc settings left as they were");
     }
 
-    let root = config.models.repository.clone();
-    let location = registry_location(&config, &env);
-    if root.is_none() && location.is_none() {
-        anyhow::bail!(
-            "nothing to serve: pass --model-repository DIR and/or --registry DIR (or set models.repository / models.registry)"
-        );
-    }
-    let registry = match &location {
-        Some(location) => Some(Arc::new(
-            infergate_registry::Registry::connect(location)
-                .with_context(|| format!("cannot open the registry ({location})"))?,
-        )),
-        None => None,
-    };
-    let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
-    let runtime = OrtRuntime::init(&library)?;
-    tracing::info!(library = %library.display(), "onnx runtime loaded");
-    let mut repository = Repository::new(root, Some(runtime), config.runtime.clone())
-        .with_model_defaults(config.model_defaults())
-        .with_registry_versions(config.models.registry_versions)
-        .with_drift(config.drift.clone());
-    if let Some(registry) = registry {
-        repository = repository.with_registry(registry);
-    }
+    let repository = open_repository(&config, &env, "serve")?;
     let repository = Arc::new(repository);
     let loaded = repository.load_all().await?;
     tracing::info!(versions = loaded, "model repository loaded");
@@ -236,6 +209,39 @@ async fn serve_config(
         let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     }
     served
+}
+
+/// The configured repository and/or registry with ONNX Runtime loaded, as `infergate serve`
+/// and `infergate batch` open it; `what` ("serve", "score") words the error when neither is set.
+pub fn open_repository(
+    config: &Config,
+    env: &[(String, String)],
+    what: &str,
+) -> anyhow::Result<Repository> {
+    let root = config.models.repository.clone();
+    let location = registry_location(config, env);
+    if root.is_none() && location.is_none() {
+        anyhow::bail!(
+            "nothing to {what}: pass --model-repository DIR and/or --registry DIR (or set models.repository / models.registry)"
+        );
+    }
+    let ort_env = env
+        .iter()
+        .find(|(k, _)| k == "ORT_DYLIB_PATH")
+        .map(|(_, v)| PathBuf::from(v));
+    let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
+    let runtime = OrtRuntime::init(&library)?;
+    tracing::info!(library = %library.display(), "onnx runtime loaded");
+    let mut repository = Repository::new(root, Some(runtime), config.runtime.clone())
+        .with_model_defaults(config.model_defaults())
+        .with_registry_versions(config.models.registry_versions)
+        .with_drift(config.drift.clone());
+    if let Some(location) = location {
+        let registry = infergate_registry::Registry::connect(&location)
+            .with_context(|| format!("cannot open the registry ({location})"))?;
+        repository = repository.with_registry(Arc::new(registry));
+    }
+    Ok(repository)
 }
 
 /// Where the configured registry is: a directory, PostgreSQL and/or object storage (with the

@@ -16,12 +16,11 @@ use clap::Args;
 use futures::StreamExt as _;
 use infergate_config::Config;
 use infergate_runtime::NamedTensor;
-use infergate_runtime::ort::{OrtRuntime, discover};
 use tower::ServiceExt as _;
 
 use crate::core::{InferRequest, InferResponse, Protocol};
 use crate::error::{ErrorKind, ServeError};
-use crate::repository::{ModelVersion, Repository};
+use crate::repository::ModelVersion;
 use columns::{Binding, InputValues, OutputValues};
 pub use input::{Format, Shard};
 use input::{InputFile, Unit};
@@ -108,7 +107,7 @@ async fn score(args: BatchArgs, config: Config, env: Vec<(String, String)>) -> a
     let files = input::list(&args.input)?;
     let units = input::units(&files, args.shard);
 
-    let repository = Arc::new(open_repository(&config, &env)?);
+    let repository = Arc::new(crate::cli::open_repository(&config, &env, "score")?);
     repository
         .load(&name)
         .await
@@ -217,36 +216,6 @@ async fn score(args: BatchArgs, config: Config, env: Vec<(String, String)>) -> a
         args.output.display()
     );
     Ok(())
-}
-
-/// The repository with ONNX Runtime, as `infergate serve` opens it.
-fn open_repository(config: &Config, env: &[(String, String)]) -> anyhow::Result<Repository> {
-    let ort_env = env
-        .iter()
-        .find(|(k, _)| k == "ORT_DYLIB_PATH")
-        .map(|(_, v)| PathBuf::from(v));
-    let library = discover(config.runtime.ort_dylib_path.as_deref(), ort_env.as_deref())?;
-    let runtime = OrtRuntime::init(&library)?;
-    let location = crate::cli::registry_location(config, env);
-    if config.models.repository.is_none() && location.is_none() {
-        bail!(
-            "no model to score: pass --model-repository DIR or --registry DIR (or a --config that names one)"
-        );
-    }
-    let mut repository = Repository::new(
-        config.models.repository.clone(),
-        Some(runtime),
-        config.runtime.clone(),
-    )
-    .with_model_defaults(config.model_defaults())
-    .with_registry_versions(config.models.registry_versions)
-    .with_drift(config.drift.clone());
-    if let Some(location) = location {
-        let registry = infergate_registry::Registry::connect(&location)
-            .with_context(|| format!("cannot open the registry ({location})"))?;
-        repository = repository.with_registry(Arc::new(registry));
-    }
-    Ok(repository)
 }
 
 async fn score_unit(
