@@ -149,8 +149,9 @@ lint: ## rustfmt and clippy, warnings are errors
 unit-test: ort services dataset ## every Rust test (unit, integration, golden numerics, drift on Fashion-MNIST), the scale-out registry suite beside real PostgreSQL and S3 servers
 	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
 
-services: $(S3S_FS) promtool ## PostgreSQL and openssl (Debian packages; openssl makes the test server's TLS certificates) and s3s-fs (crates.io) for the scale-out registry tests, promtool
+services: $(S3S_FS) promtool ## PostgreSQL and openssl (Debian packages; openssl makes the test server's TLS certificates) and s3s-fs (crates.io) for the scale-out registry tests, nats-server (Debian) for the broker tests, promtool
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(SUDO) apt-get install -y -q postgresql
+	@PATH="$$PATH:/usr/sbin" command -v nats-server >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends nats-server
 	@command -v openssl >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends openssl
 
 promtool: ## promtool (Debian package prometheus): checks /metrics, the alert rules and the dashboard queries

@@ -104,6 +104,13 @@ pub(crate) fn sample() -> Config {
         }),
         fallback: Some("stable".into()),
     }];
+    config.consumers = vec![crate::ConsumerConfig::new(
+        "fashion-async",
+        "nats://nats:4222",
+        "INFER",
+        "infer.fashion",
+        "fashion-live",
+    )];
     config
 }
 

@@ -1,6 +1,7 @@
 //! Typed configuration: the server's TOML file layered with `INFERGATE_…` environment
 //! overrides and CLI flags, and the per-model `config.toml` of a model repository.
 
+mod consumer;
 mod example;
 mod layered;
 mod model;
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use consumer::ConsumerConfig;
 pub use example::example;
 pub use layered::{ENV_PREFIX, Overrides};
 pub use model::{
@@ -68,6 +70,8 @@ pub struct Config {
     /// comes back as the response parameter `variant` and the header `x-infergate-variant`.
     /// Routes can be replaced at run time with `PUT /admin/routes` (admin scope).
     pub routes: Vec<RouteConfig>,
+    /// Consumers of asynchronous inference requests on a message broker (NATS JetStream).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 /// A route: requests to `name` go to one of the variants, in proportion to the weights.
@@ -708,6 +712,7 @@ impl Config {
             );
         }
         errors.extend(validate_routes(&self.routes));
+        consumer::validate(&self.consumers, &mut errors);
         if errors.is_empty() {
             Ok(())
         } else {

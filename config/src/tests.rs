@@ -510,3 +510,38 @@ fn the_standard_otel_variables_fill_what_the_config_leaves_unset() {
     let c = apply(set, &[("OTEL_SDK_DISABLED", "TRUE")]);
     assert_eq!(c.traces_url(), None);
 }
+
+/// A consumer table reads with its defaults, and every mistake in one is reported.
+#[test]
+fn consumers_read_with_defaults_and_are_checked() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        file,
+        "[[consumers]]\nname = \"a\"\nurl = \"nats://127.0.0.1:4222\"\nstream = \"INFER\"\nsubject = \"infer.a\"\nmodel = \"m\""
+    )
+    .unwrap();
+    let config = Config::load(Some(file.path()), env(&[]), &Overrides::new()).unwrap();
+    let c = &config.consumers[0];
+    assert_eq!((c.prefetch, c.max_deliver, c.ack_wait_ms), (64, 5, 30_000));
+    assert_eq!(c.dead_letter(), "infergate.dead.a");
+
+    let mut bad = config.clone();
+    bad.consumers.push(ConsumerConfig {
+        url: "amqp://rabbit:5672".into(),
+        stream: "IN.FER".into(),
+        prefetch: 0,
+        ..c.clone()
+    });
+    let ConfigError::Invalid(errors) = bad.validate().unwrap_err() else {
+        panic!("not a validation error")
+    };
+    let text = errors.join("\n");
+    for expected in [
+        "consumers[1] (a): another consumer has this name",
+        "url must be nats://host:port",
+        "stream must be letters, digits",
+        "prefetch, max_deliver and ack_wait_ms must be at least 1",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+}

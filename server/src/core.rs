@@ -15,6 +15,8 @@ pub enum Protocol {
     Grpc,
     /// `infergate batch`: offline scoring in the same process.
     Batch,
+    /// A broker consumer (`[[consumers]]`, NATS JetStream).
+    Nats,
 }
 
 impl Protocol {
@@ -23,6 +25,7 @@ impl Protocol {
             Self::Http => "http",
             Self::Grpc => "grpc",
             Self::Batch => "batch",
+            Self::Nats => "nats",
         }
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 pub mod admission;
 pub mod batch;
 pub mod cli;
+pub mod consume;
 pub mod core;
 pub mod drift;
 pub mod error;
@@ -273,6 +274,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     servers.spawn(async move { grpc.await.context("grpc listener failed") });
 
     gateway.set_ready(true);
+    let consumers = consume::start(&gateway, &shutdown);
     // The runtime's worker threads (`server.worker_threads`; model threads are apart).
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
     println!(
@@ -303,6 +305,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .await;
     if drained.is_err() {
         tracing::warn!("drain timeout reached; exiting with requests still in flight");
+    }
+    // Broker consumers finish and acknowledge what they took (what is not acknowledged by the
+    // drain timeout is delivered again, to this server or another).
+    let consumers = futures::future::join_all(consumers);
+    if tokio::time::timeout(drain, consumers).await.is_err() {
+        tracing::warn!(
+            "drain timeout reached with broker messages unacknowledged; the broker delivers them again"
+        );
     }
     tracing::info!("infergate stopped");
     Ok(())

@@ -27,6 +27,23 @@ pub struct ShadowLabels {
     pub result: &'static str,
 }
 
+/// Labels of broker consumers' message counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    pub consumer: String,
+    /// `consumed` (every delivery), `redelivered` (deliveries after the first), `answered`
+    /// (a result published), `failed` (an error published: the request was wrong),
+    /// `duplicate` (answered again from the reply window, not computed), `retried` (a failure
+    /// that may pass: delivered again later), `dead_lettered`.
+    pub result: &'static str,
+}
+
+/// Labels of a broker consumer's gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerName {
+    pub consumer: String,
+}
+
 /// Labels of per-model-version series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
@@ -126,6 +143,9 @@ pub struct Metrics {
     /// included), by model and version.
     pub tokens: Family<ModelLabels, Counter>,
     pub padded_tokens: Family<ModelLabels, Counter>,
+    /// Broker consumers: messages by result, and requests waiting in the broker.
+    pub consumer_messages: Family<ConsumerLabels, Counter>,
+    pub consumer_lag: Family<ConsumerName, Gauge>,
     /// Whether the per-request series are recorded (`telemetry.request_metrics`).
     pub per_request: std::sync::atomic::AtomicBool,
 }
@@ -182,6 +202,18 @@ impl Default for Metrics {
         let trace_spans = Family::<SpanLabels, Counter>::default();
         let tokens = Family::<ModelLabels, Counter>::default();
         let padded_tokens = Family::<ModelLabels, Counter>::default();
+        let consumer_messages = Family::<ConsumerLabels, Counter>::default();
+        let consumer_lag = Family::<ConsumerName, Gauge>::default();
+        registry.register(
+            "consumer_messages",
+            "Broker consumer messages by result: consumed, redelivered, answered, failed (error published), duplicate (answered from the reply window), retried, dead_lettered",
+            consumer_messages.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Requests waiting in the broker for a consumer (not yet delivered)",
+            consumer_lag.clone(),
+        );
         registry.register(
             "tokens",
             "Input tokens of text-model requests (special tokens included, padding not)",
@@ -322,6 +354,8 @@ impl Default for Metrics {
             trace_spans,
             tokens,
             padded_tokens,
+            consumer_messages,
+            consumer_lag,
             per_request: std::sync::atomic::AtomicBool::new(true),
         }
     }
