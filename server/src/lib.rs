@@ -144,6 +144,24 @@ impl Gateway {
         }))
     }
 
+    /// Runs a decoded request through the stack in the current (request) span, recording on
+    /// it who served the answer: what every front end does once it has an [`InferRequest`].
+    pub async fn infer(
+        &self,
+        mut req: core::InferRequest,
+    ) -> Result<core::InferResponse, error::ServeError> {
+        use tower::ServiceExt as _;
+        req.span = tracing::Span::current();
+        let resp = self
+            .stack
+            .clone()
+            .oneshot(req)
+            .await
+            .map_err(error::ServeError::from)?;
+        telemetry::record_response(&tracing::Span::current(), self, &resp);
+        Ok(resp)
+    }
+
     /// Ready to serve inference (false before start and while shutting down).
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()

@@ -16,7 +16,6 @@ use bytes::Bytes;
 use infergate_config::ConsumerConfig;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt as _;
 use tracing::Instrument as _;
 
 use crate::Gateway;
@@ -252,14 +251,7 @@ impl Handler {
             req.check_limits(g.config.server.max_tensor_elements)?;
             req.apply_parameters()?;
             req.route_key = delivery.header(headers::ROUTE_KEY).map(str::to_string);
-            req.span = tracing::Span::current();
-            let resp = g
-                .stack
-                .clone()
-                .oneshot(req)
-                .await
-                .map_err(ServeError::from)?;
-            crate::telemetry::record_response(&tracing::Span::current(), g, &resp);
+            let resp = g.infer(req).await?;
             Ok::<_, ServeError>(match encoding {
                 Encoding::Protobuf => (
                     PROTOBUF,

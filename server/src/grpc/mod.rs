@@ -15,7 +15,6 @@ use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
-use tower::ServiceExt;
 
 use crate::Gateway;
 use crate::error::{ErrorKind, ServeError};
@@ -146,14 +145,7 @@ async fn infer_one(
     }
     req.route_key = route_key;
     drop(decode);
-    req.span = tracing::Span::current();
-    let resp = gateway
-        .stack
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(ServeError::from)?;
-    crate::telemetry::record_response(&tracing::Span::current(), gateway, &resp);
+    let resp = gateway.infer(req).await?;
     let _encode = crate::telemetry::stage_span!("encode").entered();
     Ok(convert::response(resp))
 }

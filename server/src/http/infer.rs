@@ -14,7 +14,6 @@ use crate::layers::route::{ROUTE_KEY_HEADER, VARIANT_HEADER, VARIANT_PARAM};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use tower::ServiceExt;
 
 use super::{ModelPath, codec, error_response};
 use crate::Gateway;
@@ -148,14 +147,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     drop(decode);
-    req.span = tracing::Span::current();
-    let resp = g
-        .stack
-        .clone()
-        .oneshot(req)
-        .await
-        .map_err(ServeError::from)?;
-    crate::telemetry::record_response(&tracing::Span::current(), g, &resp);
+    let resp = g.infer(req).await?;
     let encode = crate::telemetry::stage_span!("encode").entered();
     let (json, binary) = codec::encode(&resp, &prefs);
     let mut response = encode_http(json, binary);
