@@ -164,7 +164,10 @@ impl Handler {
         // Redeliveries of one message share the broker's id; a producer's retry of a request
         // shares its request id.
         let key = id.clone().unwrap_or_else(|| delivery.broker_id.clone());
-        if let Some(reply) = self.replies.get(&key).await {
+        // (A message without either cannot be told apart from others: no window for it.)
+        if !key.is_empty()
+            && let Some(reply) = self.replies.get(&key).await
+        {
             self.count("duplicate");
             return Decision::Answer(reply);
         }
@@ -204,12 +207,12 @@ impl Handler {
                     trace_id,
                     body,
                 });
-                self.replies.insert(key, Arc::clone(&reply)).await;
+                self.remember(key, &reply).await;
                 Decision::Answer(reply)
             }
             Err(e) if final_error(e.kind) => {
                 let reply = Arc::new(error_reply(subject, id, &e, trace_id));
-                self.replies.insert(key, Arc::clone(&reply)).await;
+                self.remember(key, &reply).await;
                 Decision::Answer(reply)
             }
             Err(e) if delivery.attempt >= max => Decision::DeadLetter {
@@ -220,6 +223,12 @@ impl Handler {
                 reason: e.message,
                 delay: Duration::from_millis(self.config.retry_delay_ms),
             },
+        }
+    }
+
+    async fn remember(&self, key: String, reply: &Arc<Reply>) {
+        if !key.is_empty() {
+            self.replies.insert(key, Arc::clone(reply)).await;
         }
     }
 
