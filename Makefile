@@ -49,7 +49,7 @@ RUN_REPO      := .models/run-repository
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build text-model image-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-image bench-batch bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool clean
+.PHONY: help run test build text-model image-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-image bench-batch bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool browser console-screenshots clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -146,13 +146,19 @@ lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-unit-test: ort services dataset ## every Rust test (unit, integration, golden numerics, drift on Fashion-MNIST), the scale-out registry suite beside real PostgreSQL and S3 servers
+unit-test: ort services dataset browser ## every Rust test (unit, integration, golden numerics, drift on Fashion-MNIST, the console in headless Chromium), the scale-out registry suite beside real PostgreSQL and S3 servers
 	scripts/with_services.sh $(CARGO) test --locked --workspace --all-targets -- --include-ignored
 
 services: $(S3S_FS) promtool ## PostgreSQL and openssl (Debian packages; openssl makes the test server's TLS certificates) and s3s-fs (crates.io) for the scale-out registry tests, nats-server (Debian) for the broker tests, promtool
 	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || $(SUDO) apt-get install -y -q postgresql
 	@PATH="$$PATH:/usr/sbin" command -v nats-server >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends nats-server
 	@command -v openssl >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends openssl
+
+browser: ## headless Chromium and ChromeDriver (Debian packages chromium, chromium-driver) for the console's browser tests
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends chromium chromium-driver
+
+console-screenshots: ort browser ## run the console's browser test and save a screenshot of every page into docs/console/
+	CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console $(CARGO) test --locked -p infergate-server --test console -- --nocapture
 
 promtool: ## promtool (Debian package prometheus): checks /metrics, the alert rules and the dashboard queries
 	@command -v promtool >/dev/null || $(SUDO) apt-get install -y -q --no-install-recommends prometheus

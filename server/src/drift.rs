@@ -65,6 +65,38 @@ pub struct DriftReport {
     pub drifted: bool,
 }
 
+/// One closed window, for the history the console plots.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DriftPoint {
+    /// Unix milliseconds when the window closed.
+    pub at_ms: u64,
+    pub rows: usize,
+    pub max_feature_psi: f64,
+    pub mean_feature_psi: f64,
+    pub class_psi: f64,
+    pub drifted: bool,
+}
+
+/// The last closed window beside the training baseline: the predicted classes, and the
+/// feature that moved most.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Distributions {
+    pub baseline_classes: Vec<f64>,
+    pub live_classes: Vec<f64>,
+    /// Index (and name, for text models) of the feature with the largest PSI.
+    pub feature: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature_name: Option<&'static str>,
+    pub feature_psi: f64,
+    /// Interior bin edges of that feature; `edges.len() + 1` bins.
+    pub edges: Vec<f64>,
+    pub baseline_bins: Vec<f64>,
+    pub live_bins: Vec<f64>,
+}
+
+/// Closed windows kept in the history.
+const HISTORY: usize = 240;
+
 struct Window {
     rows: usize,
     bins: Vec<Vec<u64>>,
@@ -83,6 +115,11 @@ pub struct Drift {
     seen: AtomicU64,
     window: Mutex<Window>,
     last: Mutex<Option<DriftReport>>,
+    /// Closed windows, oldest first, and the last one's distributions.
+    history: Mutex<(
+        std::collections::VecDeque<DriftPoint>,
+        Option<Distributions>,
+    )>,
 }
 
 impl std::fmt::Debug for Drift {
@@ -117,6 +154,7 @@ impl Drift {
             config: config.clone(),
             seen: AtomicU64::new(0),
             last: Mutex::new(None),
+            history: Mutex::default(),
         })
     }
 
@@ -136,6 +174,7 @@ impl Drift {
             config: config.clone(),
             seen: AtomicU64::new(0),
             last: Mutex::new(None),
+            history: Mutex::default(),
         })
     }
 
@@ -210,8 +249,58 @@ impl Drift {
                     "input drift: live traffic no longer looks like the training data"
                 );
             }
+            self.remember(&report, &window);
             *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
         }
+    }
+
+    fn remember(&self, report: &DriftReport, window: &Window) {
+        let fractions = |counts: &[u64]| {
+            let total = counts.iter().sum::<u64>().max(1) as f64;
+            counts
+                .iter()
+                .map(|&c| c as f64 / total)
+                .collect::<Vec<f64>>()
+        };
+        let feature = report
+            .feature_psi
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map_or(0, |(i, _)| i);
+        let distributions = self.baseline.features.get(feature).map(|f| Distributions {
+            baseline_classes: self.baseline.class_distribution.clone(),
+            live_classes: fractions(&window.classes),
+            feature,
+            feature_name: report.features.get(feature).copied(),
+            feature_psi: report.feature_psi.get(feature).copied().unwrap_or(0.0),
+            edges: f.edges.clone(),
+            baseline_bins: f.fractions.clone(),
+            live_bins: fractions(&window.bins[feature]),
+        });
+        let point = DriftPoint {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            rows: report.rows,
+            max_feature_psi: report.max_feature_psi,
+            mean_feature_psi: report.mean_feature_psi,
+            class_psi: report.class_psi,
+            drifted: report.drifted,
+        };
+        let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if h.0.len() == HISTORY {
+            h.0.pop_front();
+        }
+        h.0.push_back(point);
+        h.1 = distributions;
+    }
+
+    /// Closed windows, oldest first (the last [`HISTORY`]), and the last one's distributions
+    /// beside the baseline's.
+    pub fn history(&self) -> (Vec<DriftPoint>, Option<Distributions>) {
+        let h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        (h.0.iter().cloned().collect(), h.1.clone())
     }
 
     fn report(&self, w: &Window) -> DriftReport {

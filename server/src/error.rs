@@ -21,6 +21,9 @@ pub enum ErrorKind {
     NotReady,
     Unauthenticated,
     Forbidden,
+    /// The target is not in a state that allows the action (a finished canary, a promotion
+    /// the gates refuse).
+    Conflict,
     Internal,
 }
 
@@ -36,6 +39,7 @@ impl ErrorKind {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Conflict => StatusCode::CONFLICT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -49,6 +53,7 @@ impl ErrorKind {
             Self::DeadlineExceeded | Self::RequestTimeout => tonic::Code::DeadlineExceeded,
             Self::Unauthenticated => tonic::Code::Unauthenticated,
             Self::Forbidden => tonic::Code::PermissionDenied,
+            Self::Conflict => tonic::Code::FailedPrecondition,
             Self::Internal => tonic::Code::Internal,
         }
     }
@@ -66,6 +71,7 @@ impl ErrorKind {
             Self::NotReady => "not_ready",
             Self::Unauthenticated => "unauthenticated",
             Self::Forbidden => "forbidden",
+            Self::Conflict => "conflict",
             Self::Internal => "internal",
         }
     }

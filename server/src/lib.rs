@@ -5,6 +5,7 @@ mod admin;
 pub mod admission;
 pub mod batch;
 pub mod cli;
+pub mod console;
 pub mod consume;
 pub mod core;
 pub mod drift;
@@ -103,6 +104,8 @@ pub struct Gateway {
     /// The log filter, changeable through the admin API (absent when the embedding program
     /// installed its own subscriber).
     pub log: std::sync::OnceLock<Arc<logging::LogControl>>,
+    /// The console's live series, sampled once a second while the server runs.
+    pub traffic: console::Traffic,
     ready: watch::Sender<bool>,
 }
 
@@ -140,6 +143,7 @@ impl Gateway {
             repository,
             metrics,
             config,
+            traffic: console::Traffic::default(),
             ready: watch::Sender::new(false),
         }))
     }
@@ -259,6 +263,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         ));
     }
+    tokio::spawn(console::traffic::run(
+        Arc::clone(&gateway),
+        shutdown.clone(),
+    ));
     let trim = Duration::from_millis(gateway.config.runtime.heap_trim_ms);
     if !trim.is_zero() {
         tokio::spawn(trim_heap(
@@ -300,6 +308,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         addrs.http, addrs.grpc, addrs.admin
     );
     tracing::info!(http = %addrs.http, grpc = %addrs.grpc, admin = %addrs.admin, workers, "infergate serving");
+    let scheme = if gateway.config.security.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("console: {scheme}://{}/ui", addrs.admin);
 
     tokio::select! {
         _ = shutdown.cancelled() => {}

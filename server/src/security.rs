@@ -107,6 +107,19 @@ impl Security {
         self.check(authorization, need)
     }
 
+    /// The scopes of the caller `principal` was authenticated as (every scope for
+    /// `--insecure-admin`).
+    pub fn scopes_of(&self, principal: &Principal) -> Vec<&'static str> {
+        if self.insecure_admin {
+            return vec!["read", "infer", "admin"];
+        }
+        self.tokens
+            .iter()
+            .find(|t| t.name == principal.0)
+            .map(|t| t.scopes.iter().map(|s| s.as_str()).collect())
+            .unwrap_or_default()
+    }
+
     /// Checks a request for a route of the public HTTP or gRPC listener.
     pub fn public(&self, authorization: Option<&HeaderValue>, need: Need) -> Auth {
         match need {
@@ -260,11 +273,13 @@ impl Audit {
     }
 }
 
-/// What a route of the admin listener needs: health is open, reading is `read`, and anything
+/// What a route of the admin listener needs: health and the console's static page are open, reading is `read`, and anything
 /// else (load, unload, pin, routes, feedback) is `admin`. The repository index is a POST that
 /// only reads.
 fn admin_need(method: &Method, path: &str) -> Need {
-    if path.starts_with("/v2/health/") {
+    // The console's page and assets hold no data: the data comes from the API, with a token.
+    let console_asset = method == Method::GET && (path == "/ui" || path.starts_with("/ui/"));
+    if path.starts_with("/v2/health/") || console_asset {
         Need::Open
     } else if method == Method::GET || method == Method::HEAD || path == "/v2/repository/index" {
         Need::Read

@@ -367,6 +367,7 @@ fn final_error(kind: ErrorKind) -> bool {
             | ErrorKind::NotFound
             | ErrorKind::Unauthenticated
             | ErrorKind::Forbidden
+            | ErrorKind::Conflict
     )
 }
 

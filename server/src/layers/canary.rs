@@ -194,6 +194,30 @@ impl Canary {
         Some(transition)
     }
 
+    /// Rolls back at once, whatever the gates say (an operator's decision). `None` when the
+    /// rollout is over already.
+    pub fn roll_back(&self, reason: &str) -> Option<Transition> {
+        let mut s = self.state();
+        if s.phase != Phase::Running {
+            return None;
+        }
+        let from = self.percent_of(&s);
+        s.phase = Phase::RolledBack;
+        s.step_started = Instant::now();
+        s.requests = 0;
+        s.errors = 0;
+        s.latencies_ms.clear();
+        let transition = Transition {
+            at_ms: now_ms(),
+            from_percent: from,
+            to_percent: 0,
+            reason: reason.to_string(),
+        };
+        s.transitions.push(transition.clone());
+        tracing::warn!(variant = %self.name, from, to = 0, reason, "canary transition");
+        Some(transition)
+    }
+
     pub fn report(&self) -> CanaryReport {
         let s = self.state();
         CanaryReport {
@@ -223,6 +247,27 @@ mod tests {
                 max_p95_ms,
             },
         )
+    }
+
+    #[test]
+    fn an_operator_rolls_back_a_running_canary_once() {
+        let c = canary(None);
+        let t = c.roll_back("rolled back by ops: bad reviews").unwrap();
+        assert_eq!((t.from_percent, t.to_percent), (10, 0));
+        assert_eq!(c.percent(), 0);
+        let report = c.report();
+        assert_eq!(report.phase, Phase::RolledBack);
+        assert_eq!(report.transitions.len(), 2);
+        assert_eq!(
+            report.transitions[1].reason,
+            "rolled back by ops: bad reviews"
+        );
+        assert!(
+            c.roll_back("again").is_none(),
+            "a finished rollout stays finished"
+        );
+        c.record(false, Duration::from_millis(1));
+        assert!(c.evaluate().is_none());
     }
 
     #[test]

@@ -23,11 +23,16 @@ struct Samples {
 
 /// One variant's live counters.
 #[derive(Debug, Default)]
-pub struct VariantStats(Mutex<Samples>);
+pub struct VariantStats {
+    samples: Mutex<Samples>,
+    /// The same latencies in buckets, for live percentiles over a short interval.
+    pub latency: crate::stats::LatencyHistogram,
+}
 
 impl VariantStats {
     pub fn record(&self, ok: bool, latency: Duration) {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.latency.record(latency);
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         s.requests += 1;
         s.errors += u64::from(!ok);
         let ms = latency.as_secs_f64() * 1e3;
@@ -42,13 +47,19 @@ impl VariantStats {
 
     /// Counts feedback: `judged` rows or outcomes, `correct` of them right.
     pub fn feedback(&self, judged: u64, correct: u64) {
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         s.judged += judged;
         s.correct += correct;
     }
 
+    /// Requests and errors so far.
+    pub fn counts(&self) -> (u64, u64) {
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        (s.requests, s.errors)
+    }
+
     fn snapshot(&self) -> Samples {
-        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         Samples {
             requests: s.requests,
             errors: s.errors,
@@ -67,7 +78,11 @@ pub struct VariantReport {
     pub requests: u64,
     pub errors: u64,
     pub error_rate: f64,
+    /// 95% Wilson interval of the error rate.
+    pub error_rate_ci: Option<[f64; 2]>,
     pub latency_ms: Percentiles,
+    /// 95% confidence interval of the mean latency (normal approximation).
+    pub latency_mean_ci_ms: Option<[f64; 2]>,
     /// Rows or outcomes with feedback, and the share judged right.
     pub feedback: u64,
     pub accuracy: Option<f64>,
@@ -121,6 +136,29 @@ fn percentiles(sorted: &[f64]) -> Percentiles {
     }
 }
 
+/// The 95% Wilson score interval of `k` successes in `n` trials.
+fn wilson(k: u64, n: u64) -> Option<[f64; 2]> {
+    if n == 0 {
+        return None;
+    }
+    let (z, n, p) = (1.96f64, n as f64, k as f64 / n as f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+    Some([(centre - half).max(0.0), (centre + half).min(1.0)])
+}
+
+/// The 95% interval of the mean of `values` (at least two).
+fn mean_interval(values: &[f64]) -> Option<[f64; 2]> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = 1.96 * (var / n).sqrt();
+    Some([mean - half, mean + half])
+}
+
 /// The report over `(name, stats)` pairs; the first is the baseline.
 pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
     let snaps: Vec<(String, Samples)> = variants
@@ -139,6 +177,8 @@ pub fn report(variants: &[(&str, &VariantStats)]) -> ExperimentReport {
             requests: s.requests,
             errors: s.errors,
             error_rate: s.errors as f64 / s.requests.max(1) as f64,
+            error_rate_ci: wilson(s.errors, s.requests),
+            latency_mean_ci_ms: mean_interval(&sorted),
             latency_ms: percentiles(&sorted),
             feedback: s.judged,
             accuracy: (s.judged > 0).then(|| s.correct as f64 / s.judged as f64),
@@ -345,6 +385,25 @@ fn beta_cf(a: f64, b: f64, x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_hold_the_estimate_and_narrow_with_more_data() {
+        // Wilson: 10 errors in 100 is about [0.055, 0.174].
+        let [lo, hi] = super::wilson(10, 100).unwrap();
+        assert!(
+            (lo - 0.0552).abs() < 1e-3 && (hi - 0.1744).abs() < 1e-3,
+            "{lo} {hi}"
+        );
+        let [lo2, hi2] = super::wilson(100, 1000).unwrap();
+        assert!(lo2 > lo && hi2 < hi);
+        assert_eq!(super::wilson(0, 0), None);
+        assert!(super::wilson(0, 50).unwrap()[0] == 0.0);
+        // Mean of 1..=100 is 50.5, sd 29.01: half-width 1.96 * 2.901.
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        let [lo, hi] = super::mean_interval(&values).unwrap();
+        assert!((lo - (50.5 - 5.687)).abs() < 0.01 && (hi - (50.5 + 5.687)).abs() < 0.01);
+        assert_eq!(super::mean_interval(&[1.0]), None);
+    }
 
     #[test]
     fn p_values_match_reference_values() {

@@ -329,9 +329,53 @@ impl Routes {
         Some(experiment::report(&pairs))
     }
 
+    /// Every route's variants with their live statistics: `(route, variant, stats)`.
+    pub fn variant_stats(&self) -> Vec<(String, String, Arc<VariantStats>)> {
+        let mut out: Vec<_> = self
+            .routes
+            .iter()
+            .flat_map(|(name, r)| {
+                r.variants
+                    .iter()
+                    .zip(&r.stats)
+                    .map(|(v, s)| (name.clone(), v.name.clone(), Arc::clone(s)))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        out
+    }
+
     /// The state and history of a route's canary (`None`: no such route or no canary).
     pub fn canary_report(&self, name: &str) -> Option<CanaryReport> {
         Some(self.routes.get(name)?.canary.as_ref()?.report())
+    }
+
+    /// Rolls a route's canary back now; the share moves to 0% at once.
+    fn roll_back_canary(&self, name: &str, reason: &str) -> Result<CanaryEvent, String> {
+        let route = self
+            .routes
+            .get(name)
+            .ok_or_else(|| format!("unknown route '{name}'"))?;
+        let c = route
+            .canary
+            .as_ref()
+            .ok_or_else(|| format!("'{name}' is not a route with a canary"))?;
+        let transition = c
+            .roll_back(reason)
+            .ok_or_else(|| format!("the canary of '{name}' is not running"))?;
+        route
+            .cumulative
+            .store(Arc::new(cumulative(&route.base, Some((c.variant, 0)))));
+        let variant = &route.variants[c.variant];
+        Ok(CanaryEvent {
+            route: name.to_string(),
+            variant: variant.name.clone(),
+            model: variant.model.clone(),
+            version: variant.version.clone(),
+            from_percent: transition.from_percent,
+            to_percent: transition.to_percent,
+            reason: transition.reason,
+        })
     }
 
     /// Applies the canary gates of every route; changed shares take effect at once. Returns
@@ -424,6 +468,29 @@ impl RouteTable {
     /// Installs the receiver of canary transitions (once; later calls are ignored).
     pub fn on_canary_transition(&self, hook: CanaryHook) {
         let _ = self.on_canary.set(hook);
+    }
+
+    /// Rolls a route's canary back to 0% now, and reports the transition like the gates' own.
+    pub fn roll_back_canary(
+        &self,
+        route: &str,
+        reason: &str,
+    ) -> Result<CanaryReport, crate::error::ServeError> {
+        use crate::error::ServeError;
+        let routes = self.load();
+        let event = routes.roll_back_canary(route, reason).map_err(|e| {
+            if routes.is_route(route) && routes.canary_report(route).is_some() {
+                ServeError::new(crate::error::ErrorKind::Conflict, e)
+            } else {
+                ServeError::not_found(e)
+            }
+        })?;
+        if let Some(hook) = self.on_canary.get() {
+            hook(event);
+        }
+        routes
+            .canary_report(route)
+            .ok_or_else(|| ServeError::not_found(format!("'{route}' is not a route with a canary")))
     }
 
     /// The set in force.

@@ -21,6 +21,7 @@ use crate::stats::Stats;
 
 mod dir;
 mod registry;
+pub use registry::Defaults;
 
 use dir::{list_model_dirs, load_model_dir, valid_name};
 use registry::load_registry_model;

@@ -233,6 +233,17 @@ async fn warm_up(
     Ok(shapes)
 }
 
+/// Which version of a model answers by default, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Defaults {
+    /// What a request naming no version gets.
+    pub default: Option<u64>,
+    /// A version an operator pinned (it is the default then).
+    pub pinned: Option<u64>,
+    /// The registry's aliases of the model, as last loaded.
+    pub aliases: BTreeMap<String, u32>,
+}
+
 impl Repository {
     /// Brings registry models in line with the registry (a hot swap): versions registered
     /// since are loaded, verified and warmed up before they serve; the default version follows
@@ -430,6 +441,21 @@ impl Repository {
     /// The registry this repository follows, if any.
     pub fn registry(&self) -> Option<&Arc<Registry>> {
         self.registry.as_ref()
+    }
+
+    /// A loaded model's default version (what a request naming none gets), the pinned one if
+    /// an operator pinned it, and its registry aliases; `None` when it is not loaded.
+    pub fn defaults_of(&self, name: &str) -> Option<Defaults> {
+        let models = self.models.load();
+        let e = models.get(name).filter(|e| !e.unloaded)?;
+        Some(Defaults {
+            default: e
+                .pinned
+                .or(e.default_version)
+                .or_else(|| e.versions.keys().next_back().copied()),
+            pinned: e.pinned,
+            aliases: e.aliases.clone(),
+        })
     }
 
     /// The registry aliases pointing at `version` of `name`.

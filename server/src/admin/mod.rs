@@ -14,9 +14,13 @@ use serde_json::json;
 use crate::Gateway;
 use crate::http::{error_response, json_response, repository_index};
 
+mod registry;
+
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .route("/ui", get(crate::console::page))
+        .route("/ui/{file}", get(crate::console::asset))
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(ready))
         .route("/v2/repository/index", post(repository_index))
@@ -26,10 +30,23 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/models/{model}/pin/{version}", post(pin))
         .route("/admin/routes/{route}/shadow", get(shadow_report))
         .route("/admin/routes/{route}/canary", get(canary_report))
+        .route(
+            "/admin/routes/{route}/canary/rollback",
+            post(roll_back_canary),
+        )
+        .route(
+            "/admin/models/{model}/promotion",
+            get(registry::promotion_check),
+        )
+        .route("/admin/models/{model}/promote", post(registry::promote))
+        .route("/admin/registry/audit", get(registry::audit))
+        .route("/admin/console/models", get(crate::console::models))
+        .route("/admin/console/traffic", get(crate::console::traffic))
         .route("/admin/experiments/{route}", get(experiment_report))
         .route("/admin/feedback", post(feedback))
         .route("/admin/routes", get(list_routes).put(replace_routes))
         .route("/admin/audit", get(audit))
+        .route("/admin/whoami", get(whoami))
         .route("/admin/models/{model}/drift", get(drift))
         .route("/admin/log-level", get(log_level).put(set_log_level))
         // every route: authenticate, and audit management calls (outermost, so a refused call
@@ -53,8 +70,16 @@ async fn drift(State(g): State<Arc<Gateway>>, Path(model): Path<String>) -> Resp
     let reports: Vec<serde_json::Value> = versions
         .iter()
         .filter_map(|v| {
-            let (last, open_rows) = v.drift.as_ref()?.state();
-            Some(json!({"version": v.version_label, "last_window": last, "open_window_rows": open_rows}))
+            let drift = v.drift.as_ref()?;
+            let (last, open_rows) = drift.state();
+            let (history, distributions) = drift.history();
+            Some(json!({
+                "version": v.version_label,
+                "last_window": last,
+                "open_window_rows": open_rows,
+                "history": history,
+                "distributions": distributions,
+            }))
         })
         .collect();
     json_response(&json!({
@@ -94,6 +119,16 @@ async fn set_log_level(State(g): State<Arc<Gateway>>, body: axum::body::Bytes) -
         Ok(()) => json_response(&json!({"level": log.level()})),
         Err(e) => error_response(&ServeError::invalid(e)),
     }
+}
+
+/// Who the token belongs to and what it may do (the console shows or hides its actions).
+async fn whoami(
+    State(g): State<Arc<Gateway>>,
+    principal: Option<axum::Extension<crate::security::Principal>>,
+) -> Response {
+    let principal =
+        principal.map_or_else(|| crate::security::Principal("anonymous".into()), |p| p.0);
+    json_response(&json!({"name": principal.0, "scopes": g.security.scopes_of(&principal)}))
 }
 
 /// The most recent management actions, oldest first.
@@ -251,6 +286,29 @@ async fn canary_report(State(g): State<Arc<Gateway>>, Path(route): Path<String>)
         None => error_response(&crate::error::ServeError::not_found(format!(
             "'{route}' is not a route with a canary"
         ))),
+    }
+}
+
+/// Rolls a route's canary back to 0% at once (an operator's decision, with an optional
+/// `{"reason": "…"}`); the transition is kept in the canary's history and audited.
+async fn roll_back_canary(
+    State(g): State<Arc<Gateway>>,
+    Path(route): Path<String>,
+    principal: Option<axum::Extension<crate::security::Principal>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let reason = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["reason"].as_str().map(str::to_string))
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "no reason given".to_string());
+    let actor = principal.map_or_else(|| "anonymous".to_string(), |p| p.0.0.clone());
+    match g
+        .routes
+        .roll_back_canary(&route, &format!("rolled back by {actor}: {reason}"))
+    {
+        Ok(report) => json_response(&json!({"route": route, "canary": report})),
+        Err(e) => error_response(&e),
     }
 }
 
