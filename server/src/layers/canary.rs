@@ -175,23 +175,7 @@ impl Canary {
         } else {
             return None;
         };
-        s.step_started = Instant::now();
-        s.requests = 0;
-        s.errors = 0;
-        s.latencies_ms.clear();
-        let transition = Transition {
-            at_ms: now_ms(),
-            from_percent: from,
-            to_percent: to,
-            reason: reason.clone(),
-        };
-        s.transitions.push(transition.clone());
-        if to == 0 {
-            tracing::warn!(variant = %self.name, from, to, reason = %reason, "canary transition");
-        } else {
-            tracing::info!(variant = %self.name, from, to, reason = %reason, "canary transition");
-        }
-        Some(transition)
+        Some(self.move_share(&mut s, from, to, reason))
     }
 
     /// Rolls back at once, whatever the gates say (an operator's decision). `None` when the
@@ -203,6 +187,11 @@ impl Canary {
         }
         let from = self.percent_of(&s);
         s.phase = Phase::RolledBack;
+        Some(self.move_share(&mut s, from, 0, reason.to_string()))
+    }
+
+    /// Starts a new step (or ends the rollout) at `to` percent, kept in the history and logged.
+    fn move_share(&self, s: &mut State, from: u32, to: u32, reason: String) -> Transition {
         s.step_started = Instant::now();
         s.requests = 0;
         s.errors = 0;
@@ -210,12 +199,17 @@ impl Canary {
         let transition = Transition {
             at_ms: now_ms(),
             from_percent: from,
-            to_percent: 0,
-            reason: reason.to_string(),
+            to_percent: to,
+            reason,
         };
         s.transitions.push(transition.clone());
-        tracing::warn!(variant = %self.name, from, to = 0, reason, "canary transition");
-        Some(transition)
+        let reason = &transition.reason;
+        if to == 0 {
+            tracing::warn!(variant = %self.name, from, to, reason = %reason, "canary transition");
+        } else {
+            tracing::info!(variant = %self.name, from, to, reason = %reason, "canary transition");
+        }
+        transition
     }
 
     pub fn report(&self) -> CanaryReport {

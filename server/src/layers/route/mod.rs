@@ -69,6 +69,31 @@ struct Route {
     stats: Vec<Arc<VariantStats>>,
 }
 
+impl Route {
+    /// Gives the canary `c` its new share at once; the event for the audit log.
+    fn apply_canary(
+        &self,
+        name: &str,
+        c: &Canary,
+        transition: super::canary::Transition,
+    ) -> CanaryEvent {
+        self.cumulative.store(Arc::new(cumulative(
+            &self.base,
+            Some((c.variant, transition.to_percent)),
+        )));
+        let variant = &self.variants[c.variant];
+        CanaryEvent {
+            route: name.to_string(),
+            variant: variant.name.clone(),
+            model: variant.model.clone(),
+            version: variant.version.clone(),
+            from_percent: transition.from_percent,
+            to_percent: transition.to_percent,
+            reason: transition.reason,
+        }
+    }
+}
+
 /// Cumulative weights: with a canary at `percent`, it gets that share and the other variants
 /// split the rest in proportion to their configured weights.
 fn cumulative(base: &[u64], canary: Option<(usize, u32)>) -> Vec<u64> {
@@ -368,19 +393,7 @@ impl Routes {
         let transition = c
             .roll_back(reason)
             .ok_or_else(|| format!("the canary of '{name}' is not running"))?;
-        route
-            .cumulative
-            .store(Arc::new(cumulative(&route.base, Some((c.variant, 0)))));
-        let variant = &route.variants[c.variant];
-        Ok(CanaryEvent {
-            route: name.to_string(),
-            variant: variant.name.clone(),
-            model: variant.model.clone(),
-            version: variant.version.clone(),
-            from_percent: transition.from_percent,
-            to_percent: transition.to_percent,
-            reason: transition.reason,
-        })
+        Ok(route.apply_canary(name, c, transition))
     }
 
     /// Applies the canary gates of every route; changed shares take effect at once. Returns
@@ -391,20 +404,7 @@ impl Routes {
             if let Some(c) = &route.canary
                 && let Some(transition) = c.evaluate()
             {
-                route.cumulative.store(Arc::new(cumulative(
-                    &route.base,
-                    Some((c.variant, transition.to_percent)),
-                )));
-                let variant = &route.variants[c.variant];
-                events.push(CanaryEvent {
-                    route: name.clone(),
-                    variant: variant.name.clone(),
-                    model: variant.model.clone(),
-                    version: variant.version.clone(),
-                    from_percent: transition.from_percent,
-                    to_percent: transition.to_percent,
-                    reason: transition.reason,
-                });
+                events.push(route.apply_canary(name, c, transition));
             }
         }
         events
