@@ -93,13 +93,13 @@
       const metrics = Object.entries(v.metrics || {}).map(([k, x]) => `${k} ${Number.isInteger(x) ? x : num(x, 4)}`).join(", ");
       const acts = h("td", { class: "actions" });
       if (v.state === "READY" && v.version) {
-        acts.append(v.default && m.pinned
+        acts.append(h("span", { "data-pin": v.version }, v.default && m.pinned
           ? confirmStep("Unpin", `Unpin ${m.name}? The default follows production again.`, async () => {
             await act("DELETE", `/admin/models/${enc(m.name)}/pin`, undefined, `${m.name}: unpinned`);
           })
           : confirmStep("Pin as default", `Pin version ${v.version} as the default of ${m.name}?`, async () => {
             await act("POST", `/admin/models/${enc(m.name)}/pin/${enc(v.version)}`, undefined, `${m.name}: version ${v.version} pinned`);
-          }));
+          })));
       }
       if (m.source === "registry" && v.version && !(v.aliases || []).includes("production")) {
         acts.append(h("button", { type: "button", disabled: !isAdmin(), "data-promote": v.version,
@@ -307,9 +307,9 @@
           h("td", { class: "num" }, pct(v.weight / total, 0)));
       }))));
     const replace = (change, done) => act("PUT", "/admin/routes", all.map((x) => x.name === r.name ? change(structuredClone(x)) : x), done);
-    card.append(confirmStep("Apply weights", "Replace the split (statistics start again)?", async () => {
+    card.append(h("div", { "data-action": "weights" }, confirmStep("Apply weights", "Replace the split (statistics start again)?", async () => {
       await replace((x) => { x.variants.forEach((v) => { v.weight = Number(inputs[v.name].value); }); return x; }, `${r.name}: weights changed`);
-    }));
+    })));
 
     card.append(h("h3", {}, "Experiment"), h("table", {},
       h("thead", {}, h("tr", {}, ["Variant", "Requests", "Errors", "Error rate (95% CI)", "p50 ms", "p99 ms", "Mean ms (95% CI)", "Accuracy (feedback)"].map((c) => h("th", { scope: "col" }, c)))),
@@ -355,7 +355,7 @@
     const steps = h("input", { type: "text", id: "cs-" + r.name, value: "10,50,100", size: 10, disabled: !isAdmin() });
     const stepS = h("input", { type: "number", id: "ct-" + r.name, value: 60, min: 0, disabled: !isAdmin() });
     const maxErr = h("input", { type: "number", id: "ce-" + r.name, value: 0.01, step: 0.001, min: 0, max: 1, disabled: !isAdmin() });
-    return h("div", { class: "panel" }, h("h3", {}, "Start a canary"), h("div", { class: "actions" },
+    return h("div", { class: "panel", "data-action": "start-canary" }, h("h3", {}, "Start a canary"), h("div", { class: "actions" },
       h("label", { for: "cv-" + r.name }, "Variant"), variant, h("label", { for: "cs-" + r.name }, "Steps %"), steps,
       h("label", { for: "ct-" + r.name }, "Seconds per step"), stepS, h("label", { for: "ce-" + r.name }, "Max error rate"), maxErr,
       confirmStep("Start", "Start the rollout (statistics start again)?", async () => {

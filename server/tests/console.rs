@@ -701,6 +701,20 @@ async fn an_operator_signs_in_watches_traffic_promotes_rolls_back_and_reads_the_
     })
     .await;
     wait_text(&c, "#status", |t| t.contains("forced over the gates")).await;
+    // Pinned over production, then unpinned.
+    click(&c, "[data-model=\"iris\"] [data-pin=\"3\"] button").await;
+    click(&c, "[data-model=\"iris\"] [data-pin=\"3\"] button").await;
+    wait_text(&c, "[data-model=\"iris\"] [data-default=\"iris\"]", |t| {
+        t == "3"
+    })
+    .await;
+    click(&c, "[data-model=\"iris\"] [data-pin=\"3\"] button").await;
+    click(&c, "[data-model=\"iris\"] [data-pin=\"3\"] button").await;
+    wait_text(&c, "#status", |t| t == "iris: unpinned").await;
+    wait_text(&c, "[data-model=\"iris\"] [data-default=\"iris\"]", |t| {
+        t == "2"
+    })
+    .await;
 
     // Routes: the experiment, the shadow, and the canary rolled back by hand.
     open(&c, "routes").await;
@@ -729,6 +743,40 @@ async fn an_operator_signs_in_watches_traffic_promotes_rolls_back_and_reads_the_
     )
     .await;
     screenshot(&c, "routes", "[data-route=\"iris-canary\"]").await;
+
+    // New weights, then a canary started from the page.
+    let weight = c.find(Locator::Id("w-iris-ab-v2")).await.unwrap();
+    weight.clear().await.unwrap();
+    weight.send_keys("0").await.unwrap();
+    click(
+        &c,
+        "[data-route=\"iris-ab\"] [data-action=\"weights\"] button",
+    )
+    .await;
+    click(
+        &c,
+        "[data-route=\"iris-ab\"] [data-action=\"weights\"] button",
+    )
+    .await;
+    wait_text(&c, "#status", |t| t == "iris-ab: weights changed").await;
+    let (_, live) = admin(&s, "GET", "/admin/routes", Some(READ), None).await;
+    assert_eq!(live["routes"][0]["variants"][1]["weight"], 0, "{live}");
+    click(
+        &c,
+        "[data-route=\"iris-ab\"] [data-action=\"start-canary\"] button",
+    )
+    .await;
+    click(
+        &c,
+        "[data-route=\"iris-ab\"] [data-action=\"start-canary\"] button",
+    )
+    .await;
+    wait_text(
+        &c,
+        "[data-route=\"iris-ab\"] .canary[data-phase=\"running\"]",
+        |t| t.contains("Variant v2 is running at 10%") && t.contains("0% → 10%: rollout started"),
+    )
+    .await;
 
     // Drift against the training baseline.
     open(&c, "drift").await;
