@@ -5,12 +5,25 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::StreamExt as _;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
+
+#[path = "integration/otlp.rs"]
+mod otlp;
+
+use otlp::{Collector, hex};
+
+/// The producer's trace and span, as its `traceparent` header carries them.
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn nats_binary() -> PathBuf {
     let found = std::env::var_os("PATH")
@@ -373,7 +386,17 @@ async fn errors_are_answered_or_dead_lettered_with_the_reason() {
         "{CONSUMER}url = \"{}\"\nmax_deliver = 3\nretry_delay_ms = 50\nack_wait_ms = 2000\n",
         nats.url()
     );
-    let server = Server::start(&dir, &consumer, "");
+    // A real OTLP/gRPC receiver: the traced request's span must join the producer's trace.
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(Arc::clone(&spans))))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let telemetry = format!("[telemetry]\notlp_endpoint = \"http://{collector}\"\n");
+    let server = Server::start(&dir, &consumer, &telemetry);
     // The server made the request stream and the dead-letter one.
     let deadline = Instant::now() + Duration::from_secs(20);
     while js.get_stream("INFER_DEAD").await.is_err() {
@@ -419,7 +442,10 @@ async fn errors_are_answered_or_dead_lettered_with_the_reason() {
     };
     send(
         "proto",
-        &[("Content-Type", "application/x-protobuf")],
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("traceparent", TRACEPARENT),
+        ],
         proto.encode_to_vec(),
     )
     .await;
@@ -486,6 +512,53 @@ async fn errors_are_answered_or_dead_lettered_with_the_reason() {
         })
         .unwrap();
     assert_eq!(sums, (0..16).map(|k| 2 * k).collect::<Vec<i32>>());
+
+    // The request span joined the producer's trace as a child of its span, with the stack's
+    // stages under it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let joined = loop {
+        let found = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| hex(&s.trace_id) == TRACE && hex(&s.parent_span_id) == PARENT)
+            .cloned();
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of trace {TRACE} under {PARENT}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let protocol = joined
+        .attributes
+        .iter()
+        .find(|a| a.key == "protocol")
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some(s.clone()),
+            _ => None,
+        });
+    assert_eq!(protocol.as_deref(), Some("nats"), "{joined:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stages: Vec<String> = spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.parent_span_id == joined.span_id)
+            .map(|s| s.name.clone())
+            .collect();
+        if stages.iter().any(|n| n == "validate") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stage spans under the request: {stages:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Dead letters: the late request after 3 deliveries, the one with nowhere to reply.
     let deadline = Instant::now() + Duration::from_secs(20);

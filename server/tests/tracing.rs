@@ -6,18 +6,11 @@
 //! server sampling nothing of its own makes no span for those requests, follows callers'
 //! decisions, and still answers with trace ids.
 
-use std::sync::{Arc, Mutex};
-
 use infergate_config::{RouteConfig, ShadowConfig, TelemetryConfig, VariantConfig};
 use infergate_registry::{ArtifactKind, Lineage, NewArtifact, NewVersion, PLATFORM_ONNX, Registry};
 use infergate_server::metrics::SpanLabels;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prometheus_client::metrics::counter::Counter;
@@ -32,28 +25,10 @@ mod common;
 
 use common::*;
 
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
+#[path = "integration/otlp.rs"]
+mod otlp;
 
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut spans = self.0.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+use otlp::{Collector, hex};
 
 fn attribute(span: &Span, key: &str) -> Option<String> {
     span.attributes.iter().find(|a| a.key == key).and_then(|a| {
