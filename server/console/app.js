@@ -446,7 +446,7 @@
     try {
       const { level } = await api("GET", "/admin/log-level");
       const input = h("input", { type: "text", id: "log-level", value: level, size: 40, disabled: !isAdmin() });
-      view.append(h("h2", {}, "Log level"), h("div", { class: "actions" }, h("label", { for: "log-level" }, "Filter"), input,
+      view.append(h("h2", {}, "Log level"), h("div", { class: "actions", "data-action": "log-level" }, h("label", { for: "log-level" }, "Filter"), input,
         confirmStep("Apply", "Change the log filter?", async () => { await act("PUT", "/admin/log-level", { level: input.value }, "log level changed"); })));
     } catch (e) {
       if (e.status !== 404) throw e;

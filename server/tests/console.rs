@@ -49,7 +49,7 @@ fn rows(n: usize, seed: u64, shift: f32) -> Vec<f32> {
 /// default gate refuses it) and v3 quantized from v2; the committed demo repository beside
 /// it; an A/B route and a route with a running canary and a shadow; tokens for `ops`
 /// (admin) and `viewer` (read).
-async fn console_server() -> (TestServer, tempfile::TempDir) {
+async fn console_server() -> (TestServer, tempfile::TempDir, LogFilter) {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::open(dir.path()).unwrap();
     let model = repo_dir().join("iris_mlp/1/model.onnx");
@@ -136,8 +136,18 @@ async fn console_server() -> (TestServer, tempfile::TempDir) {
         .with_drift(config.drift.clone()),
     );
     repository.load_all().await.unwrap();
-    (TestServer::serve(config, repository).await, dir)
+    // A log filter the admin API (and so the console) may change.
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let (filter, handle) =
+        tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new("info"));
+    let subscriber = Box::new(tracing_subscriber::registry().with(filter));
+    let log = Arc::new(infergate_server::logging::LogControl::new("info", handle));
+    let s = TestServer::serve_with(config, repository, reqwest::Client::new(), Some(log)).await;
+    (s, dir, subscriber)
 }
+
+/// Keeps the subscriber whose filter the server changes alive for the test.
+type LogFilter = Box<dyn std::any::Any + Send>;
 
 fn iris_body(row: &[f32]) -> Value {
     json!({"inputs": [{"name": "input", "shape": [1, 4], "datatype": "FP32", "data": row}]})
@@ -178,7 +188,7 @@ async fn admin(
 
 #[tokio::test]
 async fn the_console_api_promotes_through_the_gates_rolls_back_canaries_and_counts_traffic() {
-    let (s, _dir) = console_server().await;
+    let (s, _dir, _log) = console_server().await;
 
     // The page is open (it holds no data) and locked down; the data wants a token.
     let page = s.http.get(s.admin_url("/ui")).send().await.unwrap();
@@ -574,7 +584,7 @@ async fn screenshot(c: &Client, name: &str, css: &str) {
 #[tokio::test]
 async fn an_operator_signs_in_watches_traffic_promotes_rolls_back_and_reads_the_audit_in_chromium()
 {
-    let (s, _dir) = console_server().await;
+    let (s, _dir, _log) = console_server().await;
     let driver = Driver::start();
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
@@ -803,6 +813,19 @@ async fn an_operator_signs_in_watches_traffic_promotes_rolls_back_and_reads_the_
     })
     .await;
     screenshot(&c, "audit", "body").await;
+
+    // The log filter, changed from the page.
+    let level = c.find(Locator::Id("log-level")).await.unwrap();
+    level.clear().await.unwrap();
+    level
+        .send_keys("warn,infergate_server=debug")
+        .await
+        .unwrap();
+    click(&c, "[data-action=\"log-level\"] button").await;
+    click(&c, "[data-action=\"log-level\"] button").await;
+    wait_text(&c, "#status", |t| t == "log level changed").await;
+    let (_, now) = admin(&s, "GET", "/admin/log-level", Some(READ), None).await;
+    assert_eq!(now["level"], "warn,infergate_server=debug");
 
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
