@@ -439,7 +439,7 @@
       view.append(h("h2", {}, "Registry"), h("table", { "data-audit": "registry" },
         h("thead", {}, h("tr", {}, ["Time", "Who", "Action", "Model", "Detail"].map((c) => h("th", { scope: "col" }, c)))),
         h("tbody", {}, reg.entries.slice().reverse().slice(0, 500).map((e) => h("tr", {}, h("td", { class: "mono nowrap" }, when(e.at)), h("td", {}, e.actor),
-          h("td", { class: "mono" }, e.action), h("td", {}, e.model), h("td", { class: "mono" }, JSON.stringify(e.detail)))))));
+          h("td", { class: "mono" }, e.action), h("td", {}, e.model), h("td", { class: "mono detail" }, JSON.stringify(e.detail)))))));
     } catch (e) {
       if (e.status !== 404) throw e;
     }
