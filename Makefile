@@ -49,7 +49,7 @@ RUN_REPO      := .models/run-repository
 S3S_FS        := .tools/bin/s3s-fs
 S3S_FS_VERSION := 0.14.1
 
-.PHONY: help run test build text-model image-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-image bench-batch bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool browser console-screenshots clean
+.PHONY: help run test build text-model image-model ort venv models dataset train train-if-empty fmt lint unit-test interop-test bench bench-text bench-image bench-batch bench-broker bench-overhead bench-crosscheck bench-tools swap-check shadow-check soak fuzz lint-deploy services promtool browser console-screenshots clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | column -t -s $$'\t'
@@ -170,7 +170,7 @@ interop-test: ort venv ## drive a real server with Python's tritonclient (HTTP, 
 	$(CARGO) build --locked -p infergate-server --bin infergate -p infergate-trainer --bin infergate-import
 	$(VENV_PY) -m pytest -q tests/interop
 
-bench: ort venv dataset text-model image-model ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
+bench: ort venv dataset text-model image-model services ## release build, fixture models, loopback server, the benchmark suite -> BENCHMARKS.md
 	VENV_PY=$(VENV_PY) ./scripts/bench.sh
 
 bench-text: ort text-model ## only make bench's text-embedding section: all-MiniLM-L6-v2 emb/s at c=1/8/32 against the in-process ceiling, padding waste
@@ -181,6 +181,9 @@ bench-image: ort image-model ## only make bench's image section: EfficientNet-Li
 
 bench-batch: ort venv dataset ## only make bench's offline scoring section: infergate batch rows/s on Parquet (mlp_large, the Fashion-MNIST CNN) against the in-process batched ceiling
 	VENV_PY=$(VENV_PY) ./scripts/bench_batch.sh
+
+bench-broker: ort services ## only make bench's broker section: NATS JetStream replies/s against HTTP JSON on the same server, in pairs
+	./scripts/bench_broker.sh
 
 bench-overhead: ort venv ## only make bench's observability overhead section (tracing + metrics on vs off); prints the ratios
 	$(CARGO) build --release --locked -p infergate-server -p infergate-loadtest --bins

@@ -104,6 +104,7 @@ scripts/bench_overhead.sh
 scripts/bench_text.sh
 scripts/bench_image.sh
 scripts/bench_batch.sh
+scripts/bench_broker.sh
 
 trap - EXIT
 python3 scripts/bench_report.py "$OUT/results" "$DURATION" "$WARMUP" "$SWEEP" > BENCHMARKS.md
@@ -112,4 +113,6 @@ echo >> BENCHMARKS.md
 cat "$OUT/results/image.md" >> BENCHMARKS.md
 echo >> BENCHMARKS.md
 cat "$OUT/results/batch.md" >> BENCHMARKS.md
+echo >> BENCHMARKS.md
+cat "$OUT/results/broker.md" >> BENCHMARKS.md
 echo "== BENCHMARKS.md written"

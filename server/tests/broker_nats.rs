@@ -373,6 +373,68 @@ fn tempfile_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Replies to a client's own inbox (a core subscription, no stream keeps the subject) are
+/// published and the request acknowledged at once: a core subscriber never acknowledges, so
+/// waiting for a JetStream confirmation would hold every prefetch slot until it timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_a_core_inbox_are_not_held_for_a_confirmation() {
+    let dir = tempfile_dir("broker-inbox");
+    let nats = Nats::start(&dir.join("nats"), free_port());
+    let (client, js) = connect(&nats.url()).await;
+    let consumer = format!("{CONSUMER}url = \"{}\"\n", nats.url());
+    let server = Server::start(&dir, &consumer, "");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while js.get_stream("INFER").await.is_err() {
+        assert!(Instant::now() < deadline, "the consumer did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut inbox = client.subscribe("inbox.client-1").await.unwrap();
+    client.flush().await.unwrap();
+    const N: u32 = 500;
+    for i in 0..N {
+        let id = i.to_string();
+        let map = headers(&[
+            ("Infergate-Request-Id", &id),
+            ("Reply-To", "inbox.client-1"),
+        ]);
+        js.publish_with_headers("infer.simple", map, request(i).into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(20);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < N as usize {
+        let msg = tokio::time::timeout_at(deadline.into(), inbox.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {N} replies within 20 s", seen.len()))
+            .unwrap();
+        let h = msg.headers.as_ref().unwrap();
+        assert_eq!(h.get("Infergate-Status").unwrap().as_str(), "200");
+        seen.insert(h.get("Infergate-Request-Id").unwrap().as_str().to_string());
+    }
+    println!("{N} replies to a core inbox in {:?}", started.elapsed());
+    // Every request acknowledged once: none delivered again, none answered from the window.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.metric("answered").await < u64::from(N) {
+        assert!(
+            Instant::now() < deadline,
+            "answered {}",
+            server.metric("answered").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(server.metric("redelivered").await, 0);
+    assert_eq!(server.metric("duplicate").await, 0);
+    assert_eq!(
+        stream_messages(&js, "INFER").await,
+        0,
+        "every request acknowledged"
+    );
+}
+
 /// Errors a producer can act on: a malformed body and an unknown content type answered at
 /// once with the status HTTP would give; a request whose deadline always passes retried
 /// `max_deliver` times and dead-lettered with the reason; a message with nowhere to reply

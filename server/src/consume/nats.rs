@@ -1,7 +1,8 @@
 //! The NATS JetStream adapter: a durable pull consumer whose unacknowledged messages are
-//! bounded by `prefetch`, replies published with a JetStream acknowledgement (or to core
-//! subscribers where no stream keeps the subject), and the request acknowledged (and the
-//! acknowledgement confirmed) only after that.
+//! bounded by `prefetch`, replies published with a JetStream acknowledgement where a stream
+//! keeps the reply subject (else to its core subscribers, a client's inbox, which do not
+//! acknowledge), and the request acknowledged (and the acknowledgement confirmed) only after
+//! that.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,6 +100,7 @@ async fn session(handler: &Arc<Handler>, shutdown: &CancellationToken) -> anyhow
     tracing::info!(consumer = %config.name, url = %config.url, stream = %config.stream, subject = %config.subject, model = %config.model, "broker consumer started");
     let lag = tokio::spawn(watch_lag(Arc::clone(handler), consumer));
 
+    let broker = Arc::new(Broker::new(js.clone()));
     let permits = Arc::new(Semaphore::new(config.prefetch));
     let mut tasks = tokio::task::JoinSet::new();
     let mut errors = 0;
@@ -123,9 +125,9 @@ async fn session(handler: &Arc<Handler>, shutdown: &CancellationToken) -> anyhow
             }
             Some(Ok(message)) => {
                 errors = 0;
-                let (handler, js) = (Arc::clone(handler), js.clone());
+                let (handler, broker) = (Arc::clone(handler), Arc::clone(&broker));
                 tasks.spawn(async move {
-                    process(&handler, &js, message).await;
+                    process(&handler, &broker, message).await;
                     drop(permit);
                 });
             }
@@ -159,7 +161,7 @@ async fn watch_lag(handler: Arc<Handler>, mut consumer: consumer::PullConsumer) 
 
 /// Handles one message and carries out the decision; the message is acknowledged only after
 /// what it asked for is published and confirmed.
-async fn process(handler: &Handler, js: &jetstream::Context, message: jetstream::Message) {
+async fn process(handler: &Handler, js: &Broker, message: jetstream::Message) {
     let name = &handler.config.name;
     let (attempt, broker_id) = match message.info() {
         Ok(info) => (
@@ -234,7 +236,7 @@ async fn process(handler: &Handler, js: &jetstream::Context, message: jetstream:
 /// Publishes a reply and waits for the stream that keeps its subject to confirm it (with the
 /// request id as the stream's deduplication id). Where no stream keeps the subject the core
 /// publication has reached the subscribers there are, which is all there is to wait for.
-async fn publish_reply(js: &jetstream::Context, reply: &Reply) -> anyhow::Result<()> {
+async fn publish_reply(js: &Broker, reply: &Reply) -> anyhow::Result<()> {
     let mut map = HeaderMap::new();
     map.insert(headers::REQUEST_ID, reply.id.as_str());
     map.insert("Nats-Msg-Id", reply.id.as_str());
@@ -251,7 +253,7 @@ async fn publish_reply(js: &jetstream::Context, reply: &Reply) -> anyhow::Result
 
 /// The original message on the dead-letter subject, with why and after how many deliveries.
 async fn publish_dead_letter(
-    js: &jetstream::Context,
+    js: &Broker,
     handler: &Handler,
     delivery: &Delivery,
     reason: &str,
@@ -271,19 +273,70 @@ async fn publish_dead_letter(
 }
 
 async fn publish(
-    js: &jetstream::Context,
+    broker: &Broker,
     subject: String,
     map: HeaderMap,
     body: bytes::Bytes,
 ) -> anyhow::Result<()> {
-    let confirmed = js
+    if !broker.kept(&subject).await? {
+        // Core subscribers (a client's inbox) do not acknowledge: the publication is done
+        // when the broker has it (the flush's round trip).
+        let client = broker.js.client();
+        client
+            .publish_with_headers(subject.clone(), map, body)
+            .await
+            .with_context(|| format!("cannot publish to {subject}"))?;
+        return client
+            .flush()
+            .await
+            .with_context(|| format!("cannot publish to {subject}"));
+    }
+    let confirmed = broker
+        .js
         .publish_with_headers(subject.clone(), map, body)
         .await
         .with_context(|| format!("cannot publish to {subject}"))?
         .await;
     match confirmed {
         Ok(_) => Ok(()),
+        // The stream went away since it was looked up: published to whoever listens.
         Err(e) if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound => Ok(()),
         Err(e) => Err(anyhow::Error::new(e).context(format!("{subject} did not confirm"))),
+    }
+}
+
+/// The JetStream context and which subjects a stream keeps (looked up again every few
+/// seconds, so a stream made later is found).
+struct Broker {
+    js: jetstream::Context,
+    kept: moka::future::Cache<String, bool>,
+}
+
+impl Broker {
+    fn new(js: jetstream::Context) -> Self {
+        Self {
+            js,
+            kept: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(5))
+                .build(),
+        }
+    }
+
+    /// Whether a stream keeps `subject` (then a publication is confirmed by it).
+    async fn kept(&self, subject: &str) -> anyhow::Result<bool> {
+        if let Some(kept) = self.kept.get(subject).await {
+            return Ok(kept);
+        }
+        let kept = match self.js.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => false,
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot tell whether a stream keeps {subject}")));
+            }
+        };
+        self.kept.insert(subject.to_string(), kept).await;
+        Ok(kept)
     }
 }
